@@ -1,0 +1,167 @@
+import gzip
+import logging
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from menet_jax import data
+from tests.conftest import DATA_DIR
+
+CIFAR_DIR = DATA_DIR / "cifar10" / "cifar-10-batches-py"
+MNIST_DIR = DATA_DIR / "mnist"
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+# Class counts of the official MNIST test set.
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _require(path):
+  from pathlib import Path
+  if not Path(path).exists():
+    pytest.skip(f"{path} not present on this machine")
+
+
+def test_cifar10_test_from_real_files():
+  _require(CIFAR_DIR / "test_batch")
+  images, labels = data.load("cifar10", "test", DATA_DIR)
+  assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8
+  assert labels.dtype == np.int32
+  np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+  with open(CIFAR_DIR / "test_batch", "rb") as f:
+    raw = pickle.load(f, encoding="bytes")
+  # Pixel (row 3, col 5) of image 17, channel 2, read straight from the channel-major record.
+  assert images[17, 3, 5, 2] == raw[b"data"][17][2 * 1024 + 3 * 32 + 5]
+  assert labels[17] == raw[b"labels"][17]
+
+
+def test_cifar10_partial_train_set_is_loaded_with_a_warning(caplog):
+  _require(CIFAR_DIR / "data_batch_1")
+  with caplog.at_level(logging.WARNING):
+    images, labels = data.load("cifar10", "train", DATA_DIR)
+  n_batches = sum((CIFAR_DIR / f"data_batch_{i}").is_file() for i in range(1, 6))
+  assert images.shape == (10000 * n_batches, 32, 32, 3)
+  if n_batches < 5:
+    assert "training batches" in caplog.text
+
+
+def test_mnist_test_from_real_files_and_slices():
+  _require(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+  images, labels = data.load("mnist", "test", DATA_DIR)
+  assert images.shape == (10000, 28, 28, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(labels), MNIST_TEST_COUNTS)
+  head, _ = data.load("mnist", "test[:8000]", DATA_DIR)
+  tail, tail_labels = data.load("mnist", "test[8000:]", DATA_DIR)
+  np.testing.assert_array_equal(np.concatenate([head, tail]), images)
+  pct, _ = data.load("mnist", "test[-20%:]", DATA_DIR)
+  np.testing.assert_array_equal(pct, tail)
+  assert len(tail_labels) == 2000
+
+
+def test_fashion_mnist_from_debian_package():
+  _require(FASHION_DIR)
+  images, labels = data.load("fashion_mnist", "train")
+  assert images.shape == (60000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(labels), [6000] * 10)
+
+
+def _write_idx(path, array, compress):
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+  opener = gzip.open if compress else open
+  with opener(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_format(tmp_path, rng, compress):
+  images = rng.integers(0, 256, (5, 28, 28))
+  labels = np.array([3, 1, 4, 1, 5])
+  suffix = ".gz" if compress else ""
+  _write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images, compress)
+  _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels, compress)
+  got, got_labels = data.load("fashion_mnist", "train", tmp_path, backend="files")
+  np.testing.assert_array_equal(got[..., 0], images)
+  np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_truncated_idx_file_is_rejected(tmp_path, rng):
+  _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 28, 28)), True)
+  _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(5), True)
+  raw = gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz").read()
+  with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+    f.write(raw[:-10])
+  with pytest.raises(ValueError, match="truncated"):
+    data.load("mnist", "test", tmp_path)
+
+
+def test_svhn_mat_format(tmp_path, rng):
+  from scipy import io as sio
+  x = rng.integers(0, 256, (32, 32, 3, 4)).astype(np.uint8)
+  y = np.array([[10], [1], [9], [10]], np.uint8)
+  sio.savemat(tmp_path / "test_32x32.mat", {"X": x, "y": y})
+  images, labels = data.load("svhn_cropped", "test", tmp_path)
+  np.testing.assert_array_equal(images, x.transpose(3, 0, 1, 2))
+  np.testing.assert_array_equal(labels, [0, 1, 9, 0])
+
+
+def test_tiny_imagenet_folder_format(tmp_path, rng):
+  from PIL import Image
+  root = tmp_path / "tiny-imagenet-200"
+  wnids = ["n02", "n01"]
+  (root / "val" / "images").mkdir(parents=True)
+  (root / "wnids.txt").write_text("\n".join(wnids))
+  colours = {"n01": (250, 0, 0), "n02": (0, 0, 250)}
+  for w in wnids:
+    (root / "train" / w / "images").mkdir(parents=True)
+    for k in range(2):
+      Image.new("RGB", (64, 64), colours[w]).save(root / "train" / w / "images" / f"{w}_{k}.JPEG")
+  Image.new("L", (64, 64), 128).save(root / "val" / "images" / "val_0.JPEG")  # grayscale file
+  (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t63\t63\n")
+  images, labels = data.load("tiny_imagenet", "train", tmp_path)
+  assert images.shape == (4, 64, 64, 3)
+  np.testing.assert_array_equal(labels, [0, 0, 1, 1])  # classes in sorted wnid order
+  assert images[0, 10, 10, 0] > 200 and images[2, 10, 10, 2] > 200
+  val, val_labels = data.load("tiny_imagenet", "validation", tmp_path)
+  assert val.shape == (1, 64, 64, 3) and val_labels.tolist() == [1]
+
+
+@pytest.mark.parametrize("name,shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1)),
+                                        ("fashion_mnist", (28, 28, 1)), ("svhn_cropped", (32, 32, 3))])
+def test_tfds_backend_with_mock_data(tmp_path, name, shape):
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    images, labels = data.load(name, "train", backend="tfds")
+    # With no local files under data_dir (nor Debian's copy, for fashion_mnist),
+    # "auto" falls through to TFDS.
+    auto_images = None if name == "fashion_mnist" else data.load(name, "train", tmp_path)[0]
+  assert images.shape == (6,) + shape and images.dtype == np.uint8
+  assert labels.dtype == np.int32 and labels.shape == (6,) and 0 <= labels.min() <= labels.max() < 10
+  if auto_images is not None:
+    np.testing.assert_array_equal(auto_images, images)
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+  with pytest.raises(FileNotFoundError) as err:
+    data.load("cifar10", "test", tmp_path, backend="files")
+  message = str(err.value)
+  assert str(tmp_path / "cifar-10-batches-py") in message and "test_batch" in message
+  with pytest.raises(FileNotFoundError, match="not in the TFDS catalog"):
+    data.load("tiny_imagenet", "train", tmp_path)
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("imagenet", "train"), {}, "name must be one of"),
+    (("mnist", "validation"), {}, "split must be one of"),
+    (("mnist", "train[:"), {}, "split must look like"),
+    (("mnist", "test"), dict(backend="hub"), "backend must be one of"),
+    (("mnist", 3), {}, "split must be a string"),
+])
+def test_bad_arguments(args, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    data.load(*args, **kwargs)
+
+
+def test_slice_out_of_range():
+  _require(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+  with pytest.raises(ValueError, match="selects no examples"):
+    data.load("mnist", "test[9000:8000]", DATA_DIR)
