@@ -1,4 +1,3 @@
-import cvxpy as cp
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +8,8 @@ from tests import references
 
 
 def _cvxpy_objective(x, mask, mu):
-  est = cp.Variable(x.shape)
-  problem = cp.Problem(cp.Minimize(mu * cp.normNuc(est) + cp.sum_squares(cp.multiply(mask, est - x))))
-  problem.solve(solver=cp.SCS, eps_abs=1e-9, eps_rel=1e-9, max_iters=200_000)
-  return references.nuclear_objective(x, mask, est.value, mu)
+  est = references.nuclear_norm_cvxpy(x, mask, mu, eps_abs=1e-9, eps_rel=1e-9, max_iters=200_000)
+  return references.nuclear_objective(x, mask, est, mu)
 
 
 @pytest.mark.parametrize("shape,mu,p", [((12, 20), 1.0, 0.5), ((20, 9), 0.3, 0.7), ((16, 16), 3.0, 0.3)])

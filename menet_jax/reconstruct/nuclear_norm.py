@@ -13,7 +13,7 @@ from menet_jax.reconstruct import spectral
 
 
 def check_params(shape: tuple[int, ...], *, mu: float = 1.0, max_iters: int = 500,
-                 tol: float = 1e-4) -> None:
+                 tol: float = 1e-3) -> None:
   """Raises ValueError for parameters `nuclear_norm` cannot use."""
   del shape
   validation.number_in("mu", mu, 0.0, math.inf, lo_open=True)
@@ -22,7 +22,7 @@ def check_params(shape: tuple[int, ...], *, mu: float = 1.0, max_iters: int = 50
 
 
 def nuclear_norm(x: jax.Array, mask: jax.Array, *, mu: float = 1.0, max_iters: int = 500,
-                 tol: float = 1e-4) -> jax.Array:
+                 tol: float = 1e-3) -> jax.Array:
   """Solves  min_X  mu ||X||_* + ||mask * (X - x)||_F^2  by accelerated proximal gradient.
 
   The smooth part f(X) = ||mask * (X - x)||_F^2 has gradient 2 mask * (X - x),
@@ -37,8 +37,9 @@ def nuclear_norm(x: jax.Array, mask: jax.Array, *, mu: float = 1.0, max_iters: i
   A matrix stops when ||X+ - X||_F <= tol ||X||_F; stopped matrices stay fixed
   while the rest of the batch runs on.
 
-  At the default tol the objective is within about 1e-6 (relative) of SCS's on
-  CIFAR-10 matrices in float32 (see benchmarks/reconstruct.py, docs/benchmarks.md).
+  At the default tol, on 200 CIFAR-10 test matrices (32 x 96, p = 0.5, float32),
+  matrices stopped after 25 iterations (median; 45 at most) within 2.6e-6
+  (median; 5.5e-5 at most) of the optimal objective; see docs/benchmarks.md.
 
   Args:
     x: (..., m, n) float32/float64.
