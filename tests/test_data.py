@@ -127,8 +127,13 @@ def test_tiny_imagenet_folder_format(tmp_path, rng):
 
 @pytest.mark.parametrize("name,shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1)),
                                         ("fashion_mnist", (28, 28, 1)), ("svhn_cropped", (32, 32, 3))])
-def test_tfds_backend_with_mock_data(tmp_path, name, shape):
+def test_tfds_backend_with_mock_data(tmp_path, monkeypatch, name, shape):
+  import tempfile
+
   import tensorflow_datasets as tfds
+  # TFDS leaves an empty temp dir behind when it cannot reach GCS for metadata; keep it in tmp_path.
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tfds_tmp"))
+  (tmp_path / "tfds_tmp").mkdir()
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
     images, labels = data.load(name, "train", backend="tfds")
     # With no local files under data_dir (nor Debian's copy, for fashion_mnist),
