@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from menet_jax import data, figures, masks, rank, reconstruct
+from menet_jax import data, figures, rank
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with the offline datasets.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/demo", "Where the figures are written.")
@@ -21,28 +21,9 @@ _PS = flags.DEFINE_list("p", ["0.3", "0.5", "0.7", "0.9"], "Observation probabil
 _SPLIC_RANK = flags.DEFINE_integer("splic_rank", 8, "SPLIC's rank (the paper's R / 4).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the masks.")
 
-METHODS = ("usvt", "soft_impute", "nuclear_norm", "splic")
 # Each dataset's labelled evaluation split.
 RANK_SPLITS = {"mnist": "test", "fashion_mnist": "test", "cifar10": "test", "svhn_cropped": "test",
                "tiny_imagenet": "validation"}
-
-
-def reconstruction_grid(images: np.ndarray, ps: list[float], key: jax.Array) -> np.ndarray:
-  cells, labels = [], []
-  for i, image in enumerate(images):
-    batch = np.repeat(image[None], len(ps), axis=0)
-    p = np.asarray(ps, np.float32)
-    mask = np.asarray(masks.from_matrices(masks.image_mask(key, batch.shape, p, "concat"), "concat", 3))
-    cells.append(list(batch * mask))
-    labels.append(f"#{i} masked")
-    for method in METHODS:
-      params = {"rank": _SPLIC_RANK.value} if method == "splic" else {}
-      cells.append(list(np.asarray(reconstruct.reconstruct_images(key, batch, method=method, p=p,
-                                                                  **params))))
-      labels.append(f"#{i} {method}")
-    cells.append([image] * len(ps))
-    labels.append(f"#{i} original")
-  return figures.image_grid(cells, row_labels=labels, col_labels=[f"p = {q}" for q in ps])
 
 
 def main(argv):
@@ -53,7 +34,8 @@ def main(argv):
 
   start = time.perf_counter()
   images, _ = data.load("cifar10", f"test[:{_NUM_IMAGES.value}]", _DATA_DIR.value)
-  grid = reconstruction_grid(images.astype(np.float32) / 255, ps, key)
+  methods = {"usvt": {}, "soft_impute": {}, "nuclear_norm": {}, "splic": {"rank": _SPLIC_RANK.value}}
+  grid = figures.reconstruction_grid(key, images.astype(np.float32) / 255, ps, methods)
   grid_path = out / "reconstructions_cifar10.png"
   figures.save_png(grid_path, grid)
   logging.info("reconstruction grid in %.1f s", time.perf_counter() - start)

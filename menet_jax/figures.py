@@ -7,7 +7,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from menet_jax import masks
 from menet_jax.atomic_write import atomic_write
+from menet_jax.reconstruct import reconstruct_images
 
 
 def image_grid(cells: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[str],
@@ -49,6 +51,40 @@ def image_grid(cells: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[st
   for c, label in enumerate(col_labels):
     draw.text((left + c * (cw + pad) + 2, 1), label, fill=(0, 0, 0))
   return np.asarray(pil)
+
+
+def reconstruction_grid(key, images: np.ndarray, ps: Sequence[float],
+                        methods: Mapping[str, Mapping[str, object]], layout: str = "concat") -> np.ndarray:
+  """ME-Net reconstructions of each image at each p (Fig. 2 and 9 of the paper).
+
+  For every image, one row of masked inputs (dropped entries black), one row per
+  method and one row of the original; one column per p. Within a column all
+  methods see the same mask.
+
+  Args:
+    key: PRNG key of the masks.
+    images: (N, H, W, C) float in [0, 1].
+    ps: observation probabilities, one per column.
+    methods: reconstructor name -> its parameters.
+    layout: "concat" or "separate".
+
+  Returns:
+    (height, width, 3) uint8 RGB grid.
+  """
+  p = np.asarray(ps, np.float32)
+  cells, labels = [], []
+  for i, image in enumerate(np.asarray(images, np.float32)):
+    batch = np.repeat(image[None], len(ps), axis=0)
+    mask = masks.from_matrices(masks.image_mask(key, batch.shape, p, layout), layout, batch.shape[-1])
+    cells.append(list(batch * np.asarray(mask)))
+    labels.append(f"#{i} masked")
+    for name, params in methods.items():
+      cells.append(list(np.asarray(reconstruct_images(key, batch, method=name, p=p, layout=layout,
+                                                      **params))))
+      labels.append(f"#{i} {name}")
+    cells.append([image] * len(ps))
+    labels.append(f"#{i} original")
+  return image_grid(cells, row_labels=labels, col_labels=[f"p = {q}" for q in ps])
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -81,8 +81,8 @@ def test_universal_threshold_needs_unit_range():
     (IMAGES, dict(p=1.2), r"p must be in \(0.0, 1.0\]"),
     (IMAGES, dict(p=np.array([0.5, 0.5, 0.5])), r"p must be a scalar or have shape \(2,\)"),
     (IMAGES, dict(p=np.array([0.5, 0.0])), r"p must be in \(0, 1\]"),
-    (IMAGES, dict(rank=3), "invalid parameters for method 'usvt'"),
-    (IMAGES, dict(method="splic"), "invalid parameters for method 'splic'"),
+    (IMAGES, dict(rank=3), "invalid parameters for method 'usvt': unknown rank; it takes keep"),
+    (IMAGES, dict(method="splic"), "invalid parameters for method 'splic': missing rank"),
     (IMAGES, dict(method="splic", rank=40), r"rank must be an integer in \[1, 8\]"),
 ])
 def test_reconstruct_images_checks(images, kwargs, match):
@@ -96,6 +96,26 @@ def test_unknown_method_in_registry():
     reconstruct.get("svd")
   with pytest.raises(ValueError, match="already registered"):
     reconstruct.register("usvt", reconstruct.usvt, lambda shape: None)
+
+
+def test_registered_method_is_usable_by_name(rng):
+  def scale(x, mask, *, factor=2.0):
+    return x * factor
+
+  def check(shape, *, factor=2.0):
+    if factor <= 0:
+      raise ValueError(f"factor must be > 0, got {factor}")
+
+  reconstruct.register("test_scale", scale, check)
+  try:
+    images = rng.uniform(0.2, 0.3, (1, 4, 4, 1)).astype(np.float32)
+    out = menet_jax.reconstruct_images(KEY, images, method="test_scale", p=1.0, factor=1.0)
+    np.testing.assert_allclose(out, images, atol=1e-6)
+    with pytest.raises(ValueError, match="factor must be > 0"):
+      menet_jax.reconstruct_images(KEY, images, method="test_scale", p=1.0, factor=-1.0)
+  finally:
+    registry = importlib.import_module("menet_jax.reconstruct.registry")
+    del registry._REGISTRY["test_scale"]
 
 
 def test_checks_run_before_tracing(monkeypatch):
