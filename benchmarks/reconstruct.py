@@ -11,10 +11,10 @@ matrices in [-1, 1] and the same p = 0.5 masks, in one process:
   splic(_alternating) a numpy loop of SPLIC Algorithm 1
 
 menet_jax runs in float32 on `--batch_size` images per call; its first call
-(compilation) is excluded and reported apart, and the fastest of `--passes`
-passes counts. Each reference runs on images until `--ref_seconds` have passed
-and its rate is 1 / (median seconds per image): this machine is shared, and
-best-of and median damp the noise of other tenants on both sides. The table gives images/s, their ratio, and
+(compilation) is excluded and reported apart. The measurement alternates
+`--rounds` full passes of menet_jax with chunks of the reference (together
+about `--ref_seconds`), so that both see the same load on a shared machine;
+rates come from the median pass and the median per-image reference time. The table gives images/s, their ratio, and
 the mean over the reference's images of ||ours - ref||_F / ||ref||_F; for the
 nuclear norm also the relative objective gap (ours - SCS) / SCS.
 """
@@ -35,7 +35,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with ci
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Images for the batched implementation.")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Images per jitted call.")
 _REF_SECONDS = flags.DEFINE_float("ref_seconds", 15.0, "Time budget of each per-image reference.")
-_PASSES = flags.DEFINE_integer("passes", 3, "Timed passes of the batched implementation; the best counts.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternations of a batched pass and a reference chunk.")
 _P = flags.DEFINE_float("p", 0.5, "Observation probability.")
 _METHODS = flags.DEFINE_list("methods", ["usvt", "soft_impute", "nuclear_norm", "splic",
                                          "splic_alternating"], "Methods to measure.")
@@ -59,31 +59,32 @@ REFERENCES = {
 }
 
 
-def _time_batched(fn, x, mask, batch_size, passes):
-  """Outputs, images/s of the fastest of `passes` passes over x, and the compile time."""
+def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds):
+  """Alternates full passes of the batched code with chunks of the reference.
+
+  Both then see the same load on this shared machine. Returns the batched outputs,
+  its images/s (median pass), the compile seconds, the reference outputs, and the
+  reference's images/s (median per-image time).
+  """
   compile_start = time.perf_counter()
-  jax.block_until_ready(fn(x[:batch_size], mask[:batch_size]))
+  jax.block_until_ready(fn(x32[:batch_size], mask_j[:batch_size]))
   compile_seconds = time.perf_counter() - compile_start
-  best = float("inf")
-  for _ in range(passes):
-    outputs = []
+  pass_seconds, ref_seconds_each, ref_outputs = [], [], []
+  for _ in range(rounds):
     start = time.perf_counter()
-    for i in range(0, len(x), batch_size):
-      outputs.append(jax.block_until_ready(fn(x[i:i + batch_size], mask[i:i + batch_size])))
-    best = min(best, time.perf_counter() - start)
-  return np.concatenate([np.asarray(o) for o in outputs]), len(x) / best, compile_seconds
-
-
-def _time_reference(ref, x, mask, budget):
-  """Outputs and images/s from the median per-image time, over as many images as `budget` allows."""
-  outputs, seconds = [], []
-  start = time.perf_counter()
-  while len(outputs) < len(x) and (len(outputs) < 3 or time.perf_counter() - start < budget):
-    i = len(outputs)
-    t = time.perf_counter()
-    outputs.append(ref(x[i], mask[i]))
-    seconds.append(time.perf_counter() - t)
-  return np.stack(outputs), 1 / float(np.median(seconds))
+    outputs = [jax.block_until_ready(fn(x32[i:i + batch_size], mask_j[i:i + batch_size]))
+               for i in range(0, len(x32), batch_size)]
+    pass_seconds.append(time.perf_counter() - start)
+    chunk_start = time.perf_counter()
+    while len(ref_outputs) < len(x64) and (
+        len(ref_seconds_each) < 3 or time.perf_counter() - chunk_start < ref_seconds / rounds):
+      i = len(ref_outputs)
+      t = time.perf_counter()
+      ref_outputs.append(ref(x64[i], mask[i]))
+      ref_seconds_each.append(time.perf_counter() - t)
+  ours = np.concatenate([np.asarray(o) for o in outputs])
+  return (ours, len(x32) / float(np.median(pass_seconds)), compile_seconds, np.stack(ref_outputs),
+          1 / float(np.median(ref_seconds_each)))
 
 
 def main(argv):
@@ -102,9 +103,10 @@ def main(argv):
           "| mean rel. diff | objective gap |", "|---|---|---|---|---|---|---|---|"]
   for name in _METHODS.value:
     fn = jax.jit(lambda a, b, name=name: reconstruct.get(name)(a, b, **PARAMS.get(name, {})))
-    ours, ours_ips, compile_s = _time_batched(fn, x32, mask_j, _BATCH.value, _PASSES.value)
     ref_name, ref_fn = REFERENCES[name]
-    ref, ref_ips = _time_reference(ref_fn, x64, mask, _REF_SECONDS.value)
+    ours, ours_ips, compile_s, ref, ref_ips = _measure(
+        fn, ref_fn, x32, mask_j, x64, mask, batch_size=_BATCH.value, rounds=_ROUNDS.value,
+        ref_seconds=_REF_SECONDS.value)
     n = len(ref)
     ours_n = ours[:n].astype(np.float64)
     rel = np.mean([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(ours_n, ref)])

@@ -40,3 +40,13 @@ def test_recovers_rank_two(rng):
   with jax.enable_x64(True):
     est = np.asarray(reconstruct.nuclear_norm(jnp.asarray(truth), jnp.asarray(mask), mu=0.1))
   assert np.linalg.norm(est - truth) / np.linalg.norm(truth) < 1e-2
+
+
+def test_result_does_not_depend_on_the_rest_of_the_batch(rng):
+  x = rng.uniform(-1, 1, (5, 10, 14))
+  mask = rng.random(x.shape) < 0.5
+  with jax.enable_x64(True):
+    together = np.asarray(reconstruct.nuclear_norm(jnp.asarray(x), jnp.asarray(mask)))
+    alone = [np.asarray(reconstruct.nuclear_norm(jnp.asarray(x[i:i + 1]), jnp.asarray(mask[i:i + 1])))[0]
+             for i in (0, 3)]
+  np.testing.assert_allclose(together[[0, 3]], np.stack(alone), atol=1e-12)

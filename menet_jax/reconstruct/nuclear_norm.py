@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax import validation
-from menet_jax.reconstruct import spectral
+from menet_jax.reconstruct import iterate, spectral
 
 
 def check_params(shape: tuple[int, ...], *, mu: float = 1.0, max_iters: int = 500,
@@ -34,8 +34,8 @@ def nuclear_norm(x: jax.Array, mask: jax.Array, *, mu: float = 1.0, max_iters: i
   the last two iterates (FISTA, Beck & Teboulle 2009), with the adaptive restart
   of O'Donoghue & Candes (2015): momentum is reset whenever it points against
   the last proximal step, which keeps the iteration monotone in practice.
-  A matrix stops when ||X+ - X||_F <= tol ||X||_F; stopped matrices stay fixed
-  while the rest of the batch runs on.
+  A matrix stops when ||X+ - X||_F <= tol ||X||_F; each matrix runs exactly its
+  own iterations (`iterate.solve`), whatever else is in the batch.
 
   At the default tol, on 200 CIFAR-10 test matrices (32 x 96, p = 0.5, float32),
   matrices stopped after 25 iterations (median; 45 at most) within 2.6e-6
@@ -65,30 +65,26 @@ def objective(x: jax.Array, mask: jax.Array, estimate: jax.Array, *, mu: float =
 
 @functools.partial(jax.jit, static_argnames=("mu", "max_iters", "tol"))
 def _nuclear_norm(x, mask, *, mu, max_iters, tol):
-  observed = mask.astype(bool)
-  batch = x.shape[:-2]
-  threshold = jnp.full(batch, mu / 2, x.dtype)
+  batch, shape = x.shape[:-2], x.shape[-2:]
+  x = x.reshape((-1,) + shape)
+  observed = mask.astype(bool).reshape(x.shape)
 
-  def sq_norm(a):
-    return jnp.sum(a * a, axis=(-2, -1))
+  def init(inputs):
+    x, observed = inputs
+    x0 = jnp.where(observed, x, 0)
+    return x0, x0, jnp.ones(x.shape[:1], x.dtype)
 
-  def iterate(state):
-    xk, y, t, done = state
+  def step(inputs, state):
+    x, observed = inputs
+    xk, y, t = state
+    threshold = jnp.full(x.shape[:1], mu / 2, x.dtype)
     (x_new,) = spectral.filter_matrices(jnp.where(observed, x, y), [spectral.soft_threshold], threshold)
-    step = x_new - xk
-    restart = jnp.sum((y - x_new) * step, axis=(-2, -1)) > 0
-    t = jnp.where(restart, 1, t)
+    delta = x_new - xk
+    t = jnp.where(jnp.sum((y - x_new) * delta, axis=(-2, -1)) > 0, 1, t)  # restart
     t_new = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
-    y_new = x_new + ((t - 1) / t_new)[..., None, None] * step
-    converged = sq_norm(step) <= tol**2 * sq_norm(xk)
-    keep = done[..., None, None]
-    return (jnp.where(keep, xk, x_new), jnp.where(keep, y, y_new), jnp.where(done, t, t_new),
-            done | converged)
+    y_new = x_new + ((t - 1) / t_new)[..., None, None] * delta
+    converged = jnp.sum(delta * delta, axis=(-2, -1)) <= tol**2 * jnp.sum(xk * xk, axis=(-2, -1))
+    return (x_new, y_new, t_new), converged
 
-  def body(state, _):
-    return jax.lax.cond(jnp.all(state[3]), lambda s: s, iterate, state), None
-
-  x0 = jnp.where(observed, x, 0)
-  state = (x0, x0, jnp.ones(batch, x.dtype), jnp.zeros(batch, bool))
-  (xk, *_), _ = jax.lax.scan(body, state, None, length=max_iters)
-  return xk
+  estimate, _, _ = iterate.solve(init, step, (x, observed), max_iters=max_iters)
+  return estimate.reshape(batch + shape)

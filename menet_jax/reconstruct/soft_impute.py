@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from menet_jax import validation
-from menet_jax.reconstruct import spectral
+from menet_jax.reconstruct import iterate, spectral
 
 # fancyimpute compares against float32 epsilon whatever the dtype.
 _F32_EPS = float(np.finfo(np.float32).eps)
@@ -42,9 +42,9 @@ def soft_impute(x: jax.Array, mask: jax.Array, *, shrinkage: float | None = None
       Z_{k+1} = mask * x + (1 - mask) * R_k,
 
   and a matrix stops once ||(Z_k - R_k)_missing||_F < tol ||(Z_k)_missing||_F
-  (its last R_k is still written). Stopped matrices stay fixed while the rest of
-  the batch runs on; the loop ends early once all have stopped. Observed entries
-  are returned unchanged. The fixed point minimises
+  (its last R_k is still written); each matrix runs exactly its own iterations
+  (`iterate.solve`), whatever else is in the batch. Observed entries are
+  returned unchanged. The fixed point minimises
   0.5 ||mask * (Z - x)||_F^2 + shrinkage ||Z||_*.
 
   Args:
@@ -65,18 +65,21 @@ def soft_impute(x: jax.Array, mask: jax.Array, *, shrinkage: float | None = None
 
 @functools.partial(jax.jit, static_argnames=("shrinkage", "max_iters", "tol"))
 def _soft_impute(x, mask, *, shrinkage, max_iters, tol):
-  observed = mask.astype(bool)
-  missing = ~observed
-  z0 = jnp.where(observed, x, 0)
+  batch, shape = x.shape[:-2], x.shape[-2:]
+  x = x.reshape((-1,) + shape)
+  observed = mask.astype(bool).reshape(x.shape)
   if shrinkage is None:
-    tau = spectral.largest_singular_value(z0) / 50
+    tau = spectral.largest_singular_value(jnp.where(observed, x, 0)) / 50
   else:
-    tau = jnp.full(x.shape[:-2], shrinkage, x.dtype)
-  # Fully observed matrices have nothing to impute.
-  done0 = ~jnp.any(missing, axis=(-2, -1))
+    tau = jnp.full(x.shape[:1], shrinkage, x.dtype)
 
-  def iterate(state):
-    z, done = state
+  def init(inputs):
+    x, observed, _ = inputs
+    return jnp.where(observed, x, 0)
+
+  def step(inputs, z):
+    _, observed, tau = inputs
+    missing = ~observed
     (rec,) = spectral.filter_matrices(z, [spectral.soft_threshold], tau)
     old_sq = jnp.sum(jnp.where(missing, z, 0) ** 2, axis=(-2, -1))
     change_sq = jnp.sum(jnp.where(missing, z - rec, 0) ** 2, axis=(-2, -1))
@@ -84,11 +87,9 @@ def _soft_impute(x, mask, *, shrinkage, max_iters, tol):
     # the previous values are below float32 eps while the change is not.
     tiny_start = (old_sq < _F32_EPS**2) & (change_sq > _F32_EPS**2)
     converged = (old_sq > 0) & ~tiny_start & (change_sq < tol**2 * old_sq)
-    z = jnp.where(missing & ~done[..., None, None], rec, z)
-    return z, done | converged
+    # A fully observed matrix has nothing to impute: done after this no-op step.
+    converged |= ~jnp.any(missing, axis=(-2, -1))
+    return jnp.where(missing, rec, z), converged
 
-  def body(state, _):
-    return jax.lax.cond(jnp.all(state[1]), lambda s: s, iterate, state), None
-
-  (z, _), _ = jax.lax.scan(body, (z0, done0), None, length=max_iters)
-  return z
+  z = iterate.solve(init, step, (x, observed, tau), max_iters=max_iters)
+  return z.reshape(batch + shape)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax import validation
-from menet_jax.reconstruct import spectral
+from menet_jax.reconstruct import iterate, spectral
 
 
 def smoothed_rank(x: jax.Array, delta) -> jax.Array:
@@ -153,37 +153,37 @@ def splic_alternating(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 
 @functools.partial(jax.jit, static_argnames=("rank", "lam", "rho", "step", "inner", "max_outer",
                                              "tol", "delta0"))
 def _splic(x, mask, *, rank, lam, rho, step, inner, max_outer, tol, delta0):
-  anchors = mask.astype(bool)
-  x0 = jnp.where(anchors, x, 0)
+  batch, shape = x.shape[:-2], x.shape[-2:]
+  x = x.reshape((-1,) + shape)
+  anchors = mask.astype(bool).reshape(x.shape)
   if delta0 is None:
-    sigma_max = spectral.largest_singular_value(x0)
+    sigma_max = spectral.largest_singular_value(jnp.where(anchors, x, 0))
     # An all-zero start has nothing to smooth; any positive delta leaves it at zero.
     delta = jnp.where(sigma_max > 0, sigma_max, 1)
   else:
-    delta = jnp.full(x.shape[:-2], delta0, x.dtype)
+    delta = jnp.full(x.shape[:1], delta0, x.dtype)
 
   project = lambda l, _: spectral.top_k(l, rank)
   descend = lambda l, d: spectral.top_k(l, rank) * (1 - step * _smoothed_rank_slope(l, d))
 
-  def gradient_step(xt, delta):
-    x_r, x_descended = spectral.filter_matrices(xt, [project, descend], delta)
-    return jnp.where(anchors, x, x_descended - step * lam * total_variation_grad(x_r))
+  def init(inputs):
+    x, anchors, delta = inputs
+    return jnp.where(anchors, x, 0), delta
 
-  def round_(state):
-    xt, delta, done = state
+  def round_(inputs, state):
+    x, anchors, _ = inputs
+    xt, delta = state
 
-    def inner_step(carry, _):
-      prev, _ = carry
-      return (gradient_step(prev, delta), prev), None
+    def gradient_step(carry, _):
+      current, _ = carry
+      x_r, x_descended = spectral.filter_matrices(current, [project, descend], delta)
+      new = jnp.where(anchors, x, x_descended - step * lam * total_variation_grad(x_r))
+      return (new, current), None
 
-    (x_new, x_prev), _ = jax.lax.scan(inner_step, (xt, xt), None, length=inner)
+    (x_new, x_prev), _ = jax.lax.scan(gradient_step, (xt, xt), None, length=inner)
     change_sq = jnp.sum((x_new - x_prev) ** 2, axis=(-2, -1))
     converged = change_sq <= tol**2 * jnp.sum(x_prev**2, axis=(-2, -1))
-    return jnp.where(done[..., None, None], xt, x_new), delta * rho, done | converged
+    return (x_new, delta * rho), converged
 
-  def body(state, _):
-    return jax.lax.cond(jnp.all(state[2]), lambda s: s, round_, state), None
-
-  state = (x0, delta, jnp.zeros(x.shape[:-2], bool))
-  (xt, _, _), _ = jax.lax.scan(body, state, None, length=max_outer)
-  return xt
+  completed, _ = iterate.solve(init, round_, (x, anchors, delta), max_iters=max_outer)
+  return completed.reshape(batch + shape)
