@@ -100,11 +100,8 @@ def _continuous(init, step, inputs, max_iters, slots):
   def pending(carry):
     return jnp.any(carry[0] < n)
 
-  def body(carry):
+  def retire_and_refill(finished, carry):
     index, slot_inputs, state, iters, next_index, results = carry
-    state, converged = step(slot_inputs, state)
-    iters = iters + 1
-    finished = (index < n) & (converged | (iters >= max_iters))
     target = jnp.where(finished, index, n)
     results = _tree_map(lambda r, v: r.at[target].set(v, mode="drop"), results, state)
     # Finished slots take the next pending matrices, in slot order.
@@ -115,5 +112,14 @@ def _continuous(init, step, inputs, max_iters, slots):
     iters = jnp.where(refill, 0, iters)
     index = jnp.where(finished, jnp.where(refill, incoming, n), index)
     return index, slot_inputs, state, iters, next_index + jnp.sum(finished), results
+
+  def body(carry):
+    index, slot_inputs, state, iters, next_index, results = carry
+    state, converged = step(slot_inputs, state)
+    iters = iters + 1
+    finished = (index < n) & (converged | (iters >= max_iters))
+    carry = (index, slot_inputs, state, iters, next_index, results)
+    # Most iterations finish no matrix: skip the gathers and scatters then.
+    return jax.lax.cond(jnp.any(finished), retire_and_refill, lambda _, c: c, finished, carry)
 
   return jax.lax.while_loop(pending, body, carry)[5]
