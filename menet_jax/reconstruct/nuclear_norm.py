@@ -56,13 +56,6 @@ def nuclear_norm(x: jax.Array, mask: jax.Array, *, mu: float = 1.0, max_iters: i
   return _nuclear_norm(x, mask, mu=float(mu), max_iters=int(max_iters), tol=float(tol))
 
 
-def objective(x: jax.Array, mask: jax.Array, estimate: jax.Array, *, mu: float = 1.0) -> jax.Array:
-  """mu ||estimate||_* + ||mask * (estimate - x)||_F^2 per matrix: (..., m, n) -> (...)."""
-  observed = jnp.asarray(mask).astype(bool)
-  nuclear = jnp.sum(jnp.linalg.svd(estimate, compute_uv=False), axis=-1)
-  return mu * nuclear + jnp.sum(jnp.where(observed, estimate - x, 0) ** 2, axis=(-2, -1))
-
-
 @functools.partial(jax.jit, static_argnames=("mu", "max_iters", "tol"))
 def _nuclear_norm(x, mask, *, mu, max_iters, tol):
   batch, shape = x.shape[:-2], x.shape[-2:]
