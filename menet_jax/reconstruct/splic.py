@@ -122,12 +122,9 @@ def splic(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 0.02, rho: f
   Returns:
     (..., m, n): x on anchors, the completion elsewhere.
   """
-  validation.matrices_and_mask(x, mask)
-  check_params(x.shape, rank=rank, lam=lam, rho=rho, step=step, inner=inner,
-               max_outer=max_outer, tol=tol, delta0=delta0)
-  return _splic(x, mask, rank=int(rank), lam=float(lam), rho=float(rho), step=float(step),
-                inner=int(inner), max_outer=int(max_outer), tol=float(tol),
-                delta0=None if delta0 is None else float(delta0))
+  params = _checked_params(x, mask, rank=rank, lam=lam, rho=rho, step=step, inner=inner,
+                           max_outer=max_outer, tol=tol, delta0=delta0)
+  return _splic(x, mask, **params)
 
 
 def splic_alternating(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 0.02,
@@ -141,13 +138,20 @@ def splic_alternating(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 
 
   Args and returns: as `splic`.
   """
-  validation.matrices_and_mask(x, mask)
-  params = dict(rank=rank, lam=lam, rho=rho, step=step, inner=inner, max_outer=max_outer,
-                tol=tol, delta0=delta0)
-  check_params(x.shape, **params)
+  params = _checked_params(x, mask, rank=rank, lam=lam, rho=rho, step=step, inner=inner,
+                           max_outer=max_outer, tol=tol, delta0=delta0)
   observed = jnp.asarray(mask).astype(bool)
-  first = splic(x, observed, **params)
-  return splic(first, ~observed, **params)
+  return _splic(_splic(x, observed, **params), ~observed, **params)
+
+
+def _checked_params(x, mask, *, rank, lam, rho, step, inner, max_outer, tol, delta0) -> dict:
+  """Validates the arguments and returns the parameters as the static Python scalars _splic takes."""
+  validation.matrices_and_mask(x, mask)
+  check_params(x.shape, rank=rank, lam=lam, rho=rho, step=step, inner=inner, max_outer=max_outer,
+               tol=tol, delta0=delta0)
+  return dict(rank=int(rank), lam=float(lam), rho=float(rho), step=float(step), inner=int(inner),
+              max_outer=int(max_outer), tol=float(tol),
+              delta0=None if delta0 is None else float(delta0))
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "lam", "rho", "step", "inner", "max_outer",
