@@ -14,9 +14,10 @@ menet_jax runs in float32 on `--batch_size` images per call; its first call
 (compilation) is excluded and reported apart. The measurement alternates
 `--rounds` full passes of menet_jax with chunks of the reference (together
 about `--ref_seconds`), so that both see the same load on a shared machine;
-rates come from the median pass and the median per-image reference time. The table gives images/s, their ratio, and
-the mean over the reference's images of ||ours - ref||_F / ||ref||_F; for the
-nuclear norm also the relative objective gap (ours - SCS) / SCS.
+rates come from the median pass and the median per-image reference time. The
+table gives images/s, their ratio, and the mean over the reference's images of
+||ours - ref||_F / ||ref||_F; for the nuclear norm also the relative objective
+gap (ours - SCS) / SCS.
 """
 
 from __future__ import annotations
