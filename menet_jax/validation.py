@@ -56,8 +56,8 @@ def integer_in(name: str, value: Any, lo: int, hi: float = math.inf) -> int:
     raise ValueError(f"{name} must be an integer, got {_describe(value)}")
   value = int(value)
   if not lo <= value <= hi:
-    upper = "" if hi == math.inf else f", {int(hi)}"
-    raise ValueError(f"{name} must be an integer in [{lo}{upper}], got {value}")
+    accepted = f">= {lo}" if hi == math.inf else f"in [{lo}, {int(hi)}]"
+    raise ValueError(f"{name} must be an integer {accepted}, got {value}")
   return value
 
 

@@ -51,8 +51,28 @@ def _pipeline(method: str, layout: str, params: tuple):
   @jax.jit
   def run(key, images, p):
     mask = masks.image_mask(key, images.shape, p, layout)
-    mats = masks.to_matrices(2 * images - 1, layout)
-    est = jnp.clip(estimate(mats, mask, **dict(params)), -1, 1)
-    return masks.from_matrices((est + 1) / 2, layout, images.shape[-1])
+    return estimate_masked(images, mask, estimate=estimate, layout=layout, params=dict(params))
 
   return run
+
+
+def estimate_masked(images: jax.Array, mask: jax.Array, *, estimate, layout: str, params: dict
+                    ) -> jax.Array:
+  """The deterministic part of the pipeline, for callers that draw their own masks.
+
+  No validation: this is the traced core that `reconstruct_images` and the
+  defenses (which draw one mask per example from per-example keys) share.
+
+  Args:
+    images: (N, H, W, C) float in [0, 1].
+    mask: bool mask in matrix layout, as `masks.image_mask` returns it.
+    estimate: a reconstructor, `registry.get(method)`.
+    layout: "concat" or "separate".
+    params: the method's parameters.
+
+  Returns:
+    (N, H, W, C) reconstructions in [0, 1].
+  """
+  mats = masks.to_matrices(2 * images - 1, layout)
+  est = jnp.clip(estimate(mats, mask, **params), -1, 1)
+  return masks.from_matrices((est + 1) / 2, layout, images.shape[-1])

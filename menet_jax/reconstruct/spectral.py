@@ -50,6 +50,24 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=_HIGHEST)
 
 
+def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Ascending eigenvalues and eigenvectors of symmetric (..., k, k) matrices.
+
+  On a CPU backend with several devices, one matrix is decomposed at a time:
+  jaxlib 0.10's batched LAPACK kernel splits the batch over XLA's intra-op
+  thread pool and blocks a pool thread waiting for the pieces, and when every
+  device runs such a kernel at once the pool starves and the program hangs
+  (seen under shard_map with --xla_force_host_platform_device_count=4 on 2
+  cores; a gdb trace shows all pool threads in ParallelBatchMap). A single
+  matrix never goes to the pool. Elsewhere the batched kernel is used.
+  """
+  if g.ndim == 2 or not (jax.default_backend() == "cpu" and jax.device_count() > 1):
+    return jnp.linalg.eigh(g)
+  batch = g.shape[:-2]
+  lam, q = jax.lax.map(jnp.linalg.eigh, g.reshape(-1, *g.shape[-2:]))
+  return lam.reshape(*batch, -1), q.reshape(g.shape)
+
+
 def transpose(a: jax.Array) -> jax.Array:
   return jnp.swapaxes(a, -1, -2)
 
@@ -80,7 +98,7 @@ def gram_functions(filters: Sequence[Filter], g: jax.Array, params: Any) -> tupl
   Returns:
     One (..., k, k) symmetric matrix per filter.
   """
-  lam, q = jnp.linalg.eigh(g)
+  lam, q = eigh(g)
   return tuple(_assemble(q, f(lam, params)) for f in filters)
 
 
@@ -88,7 +106,7 @@ def gram_functions(filters: Sequence[Filter], g: jax.Array, params: Any) -> tupl
 def _gram_functions_jvp(filters, primals, tangents):
   g, params = primals
   dg, dparams = tangents
-  lam, q = jnp.linalg.eigh(g)
+  lam, q = eigh(g)
   dg_q = matmul(transpose(q), matmul(dg, q))
   dlam = lam[..., :, None] - lam[..., None, :]
   scale = jnp.max(jnp.abs(lam), axis=-1)[..., None, None]
@@ -112,13 +130,13 @@ def gram_eigvalsh(g: jax.Array) -> jax.Array:
   Its JVP is dlambda_i = q_i^T dG q_i, which needs no eigenvector derivative and
   so stays finite at repeated eigenvalues.
   """
-  return jnp.linalg.eigh(g)[0]
+  return eigh(g)[0]
 
 
 @gram_eigvalsh.defjvp
 def _gram_eigvalsh_jvp(primals, tangents):
   (g,), (dg,) = primals, tangents
-  lam, q = jnp.linalg.eigh(g)
+  lam, q = eigh(g)
   return lam, jnp.einsum("...ij,...ik,...kj->...j", q, dg, q, precision=_HIGHEST)
 
 

@@ -1,0 +1,149 @@
+"""The absl main shared by experiments/{cifar10,mnist,svhn,tiny_imagenet}.py.
+
+flags -> Config (Table 8 defaults for the dataset, then the flags given) ->
+checks (config, data, run directory) -> train.train_and_evaluate. Every
+check runs before the run directory is created; a bad flag, a missing
+dataset or a directory of another run ends with one `error:` line and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from typing import Any
+
+import jax
+from absl import flags, logging
+
+from menet_jax import config as config_lib
+from menet_jax import data, parallel, run_dir
+from menet_jax.checkpoint import CheckpointMismatch
+from menet_jax.reconstruct import registry
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the experiment flags; `dataset` is the entry point's default."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_enum("dataset", dataset, list(config_lib.DATASET_DEFAULTS), "Dataset.", **fv)
+  flags.DEFINE_string("workdir", None, "Run directory (created, or resumed if it holds this run).",
+                      required=True, **fv)
+  flags.DEFINE_string("data_dir", None, "Local dataset files (see menet_jax.data); "
+                      "default $MENET_DATA_DIR, then tensorflow-datasets.", **fv)
+  flags.DEFINE_string("cache_dir", None, "ME training set cache (default ~/.cache/menet_jax).",
+                      **fv)
+  flags.DEFINE_string("train_split", None, "Training split, TFDS syntax, e.g. train[:80%].", **fv)
+  flags.DEFINE_string("test_split", None, "Test split, e.g. test.", **fv)
+  flags.DEFINE_enum("model", None, list(config_lib.MODELS), "Classifier (default: Table 8).", **fv)
+  flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).", **fv)
+  flags.DEFINE_enum("mode", "pure", list(config_lib.MODES),
+                    "vanilla | pure (ME-Net SGD) | adv (ME-Net + PGD) | madry (PGD).", **fv)
+  flags.DEFINE_enum("me_method", "usvt", list(registry.names()), "Matrix estimation method.",
+                    **fv)
+  flags.DEFINE_list("me_params", [], "Method parameters as name=value, e.g. keep=0.8 or mu=1.",
+                    **fv)
+  flags.DEFINE_enum("me_channel", "concat", ["concat", "separate"], "Matrix layout of RGB.", **fv)
+  flags.DEFINE_float("startp", 0.8, "First mask observation probability.", **fv)
+  flags.DEFINE_float("endp", 1.0, "Mask probabilities run from startp towards endp.", **fv)
+  flags.DEFINE_integer("mask_num", 10, "Masks (reconstructions) per training image, n.", **fv)
+  flags.DEFINE_enum("inference", "mean", ["mean", "vote"],
+                    "One mask at mean p, or a majority vote over --votes masks.", **fv)
+  flags.DEFINE_integer("votes", 10, "Masks per test image for --inference=vote.", **fv)
+  flags.DEFINE_integer("epochs", None, "Epochs (default: Table 8).", **fv)
+  flags.DEFINE_integer("batch_size", 256, "Global batch size (all devices, all hosts).", **fv)
+  flags.DEFINE_float("lr", None, "Learning rate (default: Table 8).", **fv)
+  flags.DEFINE_list("lr_boundaries", None, "Epochs at which lr is multiplied by lr_decay.", **fv)
+  flags.DEFINE_float("lr_decay", None, "Step decay factor (0.1).", **fv)
+  flags.DEFINE_float("momentum", None, "SGD momentum (0.9).", **fv)
+  flags.DEFINE_float("weight_decay", None, "L2 weight decay (1e-4, the release's).", **fv)
+  flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
+  flags.DEFINE_float("adv_eps", None, "PGD radius for adv/madry training (default per dataset).",
+                     **fv)
+  flags.DEFINE_float("adv_step", None, "PGD step size.", **fv)
+  flags.DEFINE_integer("adv_steps", None, "PGD steps (7; 40 for MNIST).", **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of every random draw of the run.", **fv)
+  flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0: every epoch).", **fv)
+  flags.DEFINE_integer("keep_checkpoints", 3, "Most recent checkpoints kept.", **fv)
+  flags.DEFINE_integer("eval_batch_size", 500, "Global evaluation batch size.", **fv)
+  flags.DEFINE_integer("log_every", 50, "Steps between metric writes.", **fv)
+  flags.DEFINE_bool("progress", True, "Progress bars on the console.", **fv)
+  flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize.",
+                    **fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).", **fv)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).", **fv)
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", **fv)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+  params = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"me_params entries must be name=value, got {item!r}")
+    try:
+      params[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      raise ValueError(f"me_params: {name} must be a number or literal, got {value!r}") from None
+  return params
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
+  """The validated Config that parsed flags describe (Table 8 defaults for unset ones)."""
+  fields = ("workdir", "data_dir", "cache_dir", "train_split", "test_split", "model",
+            "num_classes", "mode", "me_method", "me_channel", "startp", "endp", "mask_num",
+            "inference", "votes", "epochs", "batch_size", "lr", "lr_decay", "momentum",
+            "weight_decay", "augment", "adv_eps", "adv_step", "adv_steps", "seed",
+            "checkpoint_every", "keep_checkpoints", "eval_batch_size", "log_every", "progress")
+  fv = flag_values
+  values = {name: fv[name].value for name in fields}
+  values["me_params"] = _parse_params(fv.me_params)
+  if fv.lr_boundaries is not None:
+    try:
+      values["lr_boundaries"] = tuple(int(b) for b in fv.lr_boundaries if b)
+    except ValueError:
+      raise ValueError(f"lr_boundaries must be integers (epochs), got {fv.lr_boundaries}") \
+          from None
+  config = config_lib.Config.for_dataset(fv.dataset, **values)
+  config.validate()
+  return config
+
+
+def run() -> dict[str, Any]:
+  """Builds the config from flags, checks it, and trains."""
+  from menet_jax import train  # after flag parsing: keeps --help fast
+
+  if FLAGS.distributed:
+    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config = config_from_flags()
+  parallel.check_batch("batch_size", config.batch_size)
+  parallel.check_batch("eval_batch_size", config.eval_batch_size)
+  splits = tuple(data.load(config.dataset, split, config.data_dir)
+                 for split in (config.train_split, config.test_split))
+  chief = jax.process_index() == 0
+  if chief:
+    workdir, resumed = run_dir.prepare(config)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("menet_jax run directory")
+  if not chief:
+    workdir, resumed = run_dir.prepare(config, create=False)
+  logging.info("%s run in %s", "resuming" if resumed else "new", workdir)
+  _, result = train.train_and_evaluate(config, workdir, splits)
+  if chief:
+    print(json.dumps(result, indent=2, sort_keys=True))
+    print(f"results: {workdir / 'results.json'}  metrics: {workdir / 'metrics.csv'}  "
+          f"tensorboard --logdir {workdir / 'tensorboard'}")
+  return result
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    run()
+  except (ValueError, FileNotFoundError, CheckpointMismatch) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,73 @@
+"""Input normalisation inside the classifier, and the batch-norm convention of all models.
+
+Attacks and defenses work on pixels in [0, 1]: the perturbation budget (8/255,
+0.3) and the [0, 1] clipping are defined there, and ME-Net reconstructs pixel
+images. So every classifier takes pixel-space inputs and applies
+(x - mean) / std as its first operation; gradients with respect to the input
+are then gradients with respect to pixels, with no normalisation left for the
+caller to forget.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Stats = tuple[float, ...]
+
+# Per-channel (mean, std) of each dataset's pixels in [0, 1].
+NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
+    # The ME-Net release (train_pure.py / train_adv.py transforms.Normalize), the constants of
+    # kuangliu/pytorch-cifar. The std is not the per-channel pixel std of CIFAR-10 (about 0.247,
+    # 0.243, 0.261) but is kept so that results stay comparable with the release.
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # Per-channel mean and std of the SVHN cropped-digits training split, as commonly quoted
+    # for SVHN in PyTorch code; the ME-Net release does not include its SVHN script.
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    # The ImageNet constants of torchvision's pretrained models, the standard choice for
+    # DenseNet-121 (Tiny-ImageNet is a 200-class subset of ImageNet, downsampled to 64 x 64).
+    "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Madry et al.'s MNIST LeNet (mnist_challenge) feeds raw pixels in [0, 1]: no
+    # normalisation, i.e. mean 0 and std 1. Fashion-MNIST uses the same model and convention.
+    "mnist": ((0.0,), (1.0,)),
+    "fashion_mnist": ((0.0,), (1.0,)),
+}
+
+
+def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """(x - mean) / std per channel.
+
+  Args:
+    x: (N, H, W, C) float in [0, 1].
+    mean: C per-channel means, or a single value for every channel.
+    std: per-channel standard deviations, as `mean`.
+
+  Returns:
+    (N, H, W, C) float32.
+  """
+  if x.ndim != 4:
+    raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {tuple(x.shape)}")
+  channels = x.shape[-1]
+  for name, stats in (("mean", mean), ("std", std)):
+    if len(stats) not in (1, channels):
+      raise ValueError(f"{name} must have one entry per channel of x ({channels}) or a single "
+                       f"entry, got {len(stats)}: {tuple(stats)}")
+  x = jnp.asarray(x, jnp.float32)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def batch_norm(train: bool, dtype: jnp.dtype) -> Callable[..., nn.BatchNorm]:
+  """nn.BatchNorm with PyTorch's defaults (momentum 0.1 = flax 0.9, eps 1e-5).
+
+  In training it normalises with the batch statistics and updates the running
+  averages in the 'batch_stats' collection; in evaluation it uses those averages,
+  so an image's output does not depend on the rest of its batch. Unlike PyTorch,
+  flax updates the running variance with the biased batch variance (a factor
+  (n - 1) / n, negligible for n = N H W).
+  """
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, dtype=dtype)

@@ -1,0 +1,51 @@
+"""Runs a short training in its own process (device count and jax.distributed are per process).
+
+    python -m tests.train_worker OUT_NPZ WORKDIR [--coordinator=host:port --process=i --processes=n]
+
+Trains ME-Net (adv mode: PGD through BPDA, fresh masks per step, BatchNorm) with
+the small CNN on 64 CIFAR-10 test images for one epoch and saves this process's
+copy of the final parameters and BatchNorm statistics.
+"""
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+
+from menet_jax import config as config_lib
+from menet_jax import parallel, run_dir, train
+from tests.conftest import DATA_DIR
+
+
+def main(argv):
+  parser = argparse.ArgumentParser()
+  parser.add_argument("out")
+  parser.add_argument("workdir")
+  parser.add_argument("--coordinator")
+  parser.add_argument("--process", type=int)
+  parser.add_argument("--processes", type=int)
+  parser.add_argument("--mode", default="adv")
+  args = parser.parse_args(argv)
+  if args.coordinator:
+    parallel.initialize(args.coordinator, args.processes, args.process)
+  config = config_lib.Config.for_dataset(
+      "cifar10", workdir=args.workdir, data_dir=str(DATA_DIR), cache_dir=args.workdir + "-cache",
+      train_split="test[:64]", test_split="test[64:80]", model="small_cnn", mode=args.mode,
+      me_method="usvt", startp=0.4, endp=0.6, mask_num=2, epochs=1, batch_size=16,
+      eval_batch_size=8, lr=0.05, adv_steps=2, progress=False, log_every=2)
+  config.validate()
+  if jax.process_index() == 0:
+    run_dir.prepare(config)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("workdir")
+  state, result = train.train_and_evaluate(config, args.workdir)
+  flat = {"/".join(map(str, path)): leaf for path, leaf in
+          jax.tree_util.tree_leaves_with_path(parallel.to_host(
+              {"params": state.params, "batch_stats": state.batch_stats}))}
+  np.savez(args.out, step=result["step"], accuracy=result["test_accuracy"], **flat)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
