@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging as std_logging
 import sys
 from typing import Any
 
@@ -139,7 +140,15 @@ def run() -> dict[str, Any]:
   return result
 
 
+class _QuietCheckpointer(std_logging.Filter):
+  """Drops orbax's INFO lines (several per save), keeps its warnings and errors."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
+  logging.get_absl_handler().addFilter(_QuietCheckpointer())
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,6 +108,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
   Returns:
     The new state and {"loss", "accuracy"} of the batch (means over the batch).
   """
+  chex.assert_rank(batch["image"], 4)
+  chex.assert_shape([batch["label"], batch["p"]], batch["image"].shape[:1])
   k_aug, k_pgd, k_mask = jax.random.split(key, 3)
   x = batch["image"].astype(jnp.float32) / 255.0
   labels = batch["label"]
@@ -155,7 +158,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
     {"correct", "loss", "count"} summed over the weighted images; the loss is
     that of the first version, the prediction is the majority vote when k > 1.
   """
+  chex.assert_rank(batch["image"], 5)
   b, k = batch["image"].shape[:2]
+  chex.assert_shape([batch["label"], batch["weight"]], (b,))
   x = batch["image"].reshape(b * k, *batch["image"].shape[2:]).astype(jnp.float32) / 255.0
   logits = jnp.swapaxes(_logits(state, state.params, x, train=False)[0].reshape(b, k, -1), 0, 1)
   predicted = majority_vote(logits) if k > 1 else jnp.argmax(logits[0], -1)
