@@ -416,5 +416,7 @@ def _compiled(reconstruct: Callable, devices: tuple[jax.Device, ...]) -> Callabl
     return jnp.round(jnp.clip(out, 0, 1) * 255).astype(jnp.uint8), nonfinite
 
   split, replicated = PartitionSpec(_AXIS), PartitionSpec()
+  # check_vma=False as in parallel.per_device: no collectives, and the iterative
+  # solvers' loop carries would fail the varying-axes check.
   return jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(replicated, split, split, split, split),
-                               out_specs=(split, split)))
+                               out_specs=(split, split), check_vma=False))

@@ -80,3 +80,17 @@ def test_majority_vote_against_counting():
 def test_bad_configuration_is_refused(kw, match):
   with pytest.raises(ValueError, match=match):
     _defense(**kw)
+
+
+@pytest.mark.parametrize("method, params", [("soft_impute", {}), ("nuclear_norm", {"mu": 1.0})])
+def test_iterative_methods_run_per_device(method, params):
+  # shard_map (parallel.per_device, me_dataset) around the solvers' while loops.
+  from menet_jax import parallel
+  d = MENet.create(
+      method=method, startp=0.4, endp=0.6, mask_num=2, image_shape=(8, 8, 3), **params)
+  images = np.random.default_rng(4).random((4, 8, 8, 3)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(5), 4)
+  p = jnp.full(4, 0.5)
+  per_device = jax.jit(parallel.per_device(d.reconstruct, parallel.mesh(), nargs=3))
+  np.testing.assert_allclose(np.asarray(per_device(keys, images, p)),
+                             np.asarray(d.reconstruct(keys, images, p)), atol=1e-6)
