@@ -146,7 +146,7 @@ def test_accepts_array_step_and_accuracy(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"keep": 0}, r"keep must be an integer in \[1\]"),
+    ({"keep": 0}, r"keep must be an integer >= 1"),
     ({"keep": 2.0}, "keep must be an integer"),
     ({"config": [("lr", 0.1)]}, "config must be a mapping"),
     ({"config": {"f": lambda x: x}}, "config must be JSON-serialisable"),

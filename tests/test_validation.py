@@ -45,7 +45,7 @@ def test_reconstructor_array_checks(name, x, mask, match):
     ("usvt", dict(threshold="median"), "threshold must be one of"),
     ("usvt", dict(eta=0.0), "eta must be in"),
     ("soft_impute", dict(shrinkage=-1.0), "shrinkage must be in"),
-    ("soft_impute", dict(max_iters=0), "max_iters must be an integer in"),
+    ("soft_impute", dict(max_iters=0), "max_iters must be an integer >= 1"),
     ("soft_impute", dict(max_iters=10.5), "max_iters must be an integer"),
     ("soft_impute", dict(tol=-1e-3), "tol must be in"),
     ("nuclear_norm", dict(mu=0.0), "mu must be in"),
