@@ -251,8 +251,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path,
   if unused:
     logging.info("%d of %d samples per process are left out of each epoch (incomplete last batch; "
                  "reshuffled every epoch)", unused, source.samples)
-  eval_batches = -(-max(len(s) for s in np.array_split(np.arange(len(test_images)),
-                                                        jax.process_count())) // local_eval_batch)
+  # Every process runs as many eval batches as the largest share (host_shard) needs.
+  largest_share = -(-len(test_images) // jax.process_count())
+  eval_batches = -(-largest_share // local_eval_batch)
 
   model = create_model(config)
   tx = optimizer(config, steps_per_epoch)
