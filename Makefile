@@ -21,9 +21,12 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
 	touch $@
 
 # The quick CIFAR-10 run: build the ME training set, train the small CNN, report clean
-# accuracy through the defense. A second `make demo` resumes or reuses that run.
+# accuracy through the defense, then attack it (gray-box PGD, BPDA-PGD, BPDA+EOT) with the
+# sanity checks. A second `make demo` resumes or reuses that run.
 demo: $(VENV)/.installed
 	$(BIN)/python -m experiments.cifar10 --flagfile=experiments/flags/quick.flags --data_dir=$(DATA_DIR)
+	$(BIN)/python -m experiments.cifar10 --flagfile=experiments/flags/quick.flags --data_dir=$(DATA_DIR) \
+	  --flagfile=experiments/flags/eval/quick.flags
 
 figures: $(VENV)/.installed
 	$(BIN)/python -m experiments.reconstruct_demo --data_dir=$(DATA_DIR) --out_dir=$(OUT_DIR)
@@ -34,6 +37,7 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.reconstruct --data_dir=$(DATA_DIR)
 	$(BIN)/python -m benchmarks.train --data_dir=$(DATA_DIR)
+	$(BIN)/python -m benchmarks.attack --data_dir=$(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from menet_jax import data, machine, reconstruct
+from benchmarks.per_image import PARAMS, REFERENCES
 from tests import references
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with cifar-10-batches-py.")
@@ -41,24 +42,6 @@ _P = flags.DEFINE_float("p", 0.5, "Observation probability.")
 _METHODS = flags.DEFINE_list("methods", ["usvt", "soft_impute", "nuclear_norm", "splic",
                                          "splic_alternating"], "Methods to measure.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks.")
-
-SPLIC_RANK = 8  # the paper's R / 4 for 32-pixel images
-PARAMS = {"splic": {"rank": SPLIC_RANK}, "splic_alternating": {"rank": SPLIC_RANK}}
-
-
-def _splic_alternating_reference(x, mask, rank):
-  first = references.splic(x, mask, rank)
-  return references.splic(first, ~mask, rank)
-
-
-REFERENCES = {
-    "usvt": ("numpy loop", lambda x, m: references.usvt(x, m)),
-    "soft_impute": ("numpy loop", lambda x, m: references.soft_impute(x, m)),
-    "nuclear_norm": ("cvxpy + SCS", lambda x, m: references.nuclear_norm_cvxpy(x, m, 1.0)),
-    "splic": ("numpy loop", lambda x, m: references.splic(x, m, SPLIC_RANK)),
-    "splic_alternating": ("numpy loop", lambda x, m: _splic_alternating_reference(x, m, SPLIC_RANK)),
-}
-
 
 def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds):
   """Alternates full passes of the batched code with chunks of the reference.

@@ -1,0 +1,79 @@
+"""Evaluation reports: a JSON record and a markdown table shaped like the paper's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from menet_jax import atomic_write
+
+
+def _label(row: dict[str, Any]) -> str:
+  return row["attack"] if row["steps"] is None else f"{row['attack']}-{row['steps']}"
+
+
+def markdown(record: dict[str, Any]) -> str:
+  """The report: the paper-shaped one-row table, the detailed table, the checks."""
+  rows = record["results"]
+  p = record["params"]
+  defense = record["defense"]
+  lines = [f"# Evaluation of `{record['run']}`", "",
+           f"- checkpoint: `{record['checkpoint']}` (step {record['step']})",
+           f"- model: {record['model']}; defense: "
+           + (json.dumps(defense, sort_keys=True) if defense else "none"),
+           f"- images: {record['images']} ({record['split']}, the first {record['images']}); "
+           f"seed {record['seed']}; restarts {record['restarts']}; "
+           f"judged under {record['draws']} draws of the defense's randomness",
+           f"- eps {p['eps']:.6g} ({p['eps'] * 255:.4g}/255), step {p['step_size']:.6g}, "
+           f"EOT: {p['eot_samples']} samples, step {p['eot_step_size']:.6g}; "
+           f"APGD samples {p['apgd_samples']}; projected rank {p['projected_rank']}; "
+           f"SPSA {p['spsa_samples']} samples x {p['spsa_steps']} steps; "
+           f"Boundary {p['boundary_steps']} steps",
+           f"- source (transfer): {record['source'] or 'none'}",
+           f"- machine: {record['machine']}; wall time {record['wall_s']:.1f} s",
+           f"- command: `{record['command']}`", "",
+           "| " + " | ".join(_label(r) for r in rows) + " |",
+           "|" + "---|" * len(rows),
+           "| " + " | ".join(f"{r['accuracy']:.1%}" for r in rows) + " |", "",
+           "| attack | threat model | steps | accuracy | mean over draws | robust in all draws "
+           "| max l-inf | wall s |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['attack']} | {r['threat']} | {r['steps'] or ''} | {r['accuracy']:.2%} | "
+                 f"{r['mean_over_draws']:.2%} | {r['robust_all_draws']:.2%} | "
+                 f"{r['max_linf'] * 255:.3g}/255 | {r['wall_s']:.1f} |")
+  sanity = record["sanity"]
+  failed = [c for c in sanity["checks"] if not c["passed"]]
+  lines += ["", "## Sanity checks (gradient masking)", ""]
+  if failed:
+    lines.append(f"**{len(failed)} CHECK(S) FAILED: the numbers above may overstate robustness.**")
+    lines.append("")
+  for c in sanity["checks"]:
+    lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} {c['name']}: {c['detail']}")
+  sweep = sanity["eps_sweep"]
+  if sweep["accuracy"]:
+    lines += ["", f"BPDA-PGD-{sweep['steps']} on the first {sweep['images']} images:", "",
+              "| eps | " + " | ".join(f"{a['eps'] * 255:.4g}/255" for a in sweep["accuracy"])
+              + " |", "|---|" + "---|" * len(sweep["accuracy"]),
+              "| accuracy | " + " | ".join(f"{a['accuracy']:.1%}" for a in sweep["accuracy"])
+              + " |"]
+  lines += ["", "Attacks:", ""]
+  for name in dict.fromkeys(r["attack"] for r in rows):
+    lines.append(f"- `{name}`: " + next(r["description"] for r in rows if r["attack"] == name))
+  return "\n".join(lines) + "\n"
+
+
+def write(record: dict[str, Any], directory: str | Path, name: str) -> tuple[Path, Path]:
+  """Writes name.json and name.md into directory (atomically); returns their paths."""
+  directory = Path(directory)
+  paths = directory / f"{name}.json", directory / f"{name}.md"
+  with atomic_write.atomic_write(paths[0]) as tmp:
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+  with atomic_write.atomic_write(paths[1]) as tmp:
+    tmp.write_text(markdown(record))
+  return paths
+
+
+def failed_checks(record: dict[str, Any]) -> list[str]:
+  return [f"{c['name']}: {c['detail']}" for c in record["sanity"]["checks"] if not c["passed"]]
