@@ -112,7 +112,7 @@ def main(argv):
     ours = n * _STEPS.value / float(np.median(passes))
     theirs = len(xr) / float(np.median(ref_steps))
     rows.append(f"| {name} | {ours:.0f} | {compile_s:.1f} | {ref_name} per image | "
-                f"{theirs:.1f} ({len(ref_steps)}) | {ours / theirs:.0f}x |")
+                f"{theirs:.3g} ({len(ref_steps)}) | {ours / theirs:.2g}x |")
     print(rows[-1], flush=True)
   print("\n" + "\n".join(rows))
 

@@ -77,3 +77,33 @@ def write(record: dict[str, Any], directory: str | Path, name: str) -> tuple[Pat
 
 def failed_checks(record: dict[str, Any]) -> list[str]:
   return [f"{c['name']}: {c['detail']}" for c in record["sanity"]["checks"] if not c["passed"]]
+
+
+def combined(records: list[dict[str, Any]]) -> str:
+  """One markdown table over several evaluations: a row per run, a column per attack-steps.
+
+  The columns are the union of the runs' attacks in order of first appearance;
+  a run that did not run an attack shows "—". Each cell is the accuracy, with
+  the fraction robust in all draws in brackets where it differs.
+  """
+  columns = list(dict.fromkeys(_label(r) for rec in records for r in rec["results"]))
+  lines = ["| run | defense | images | " + " | ".join(columns) + " | sanity |",
+           "|---|---|---|" + "---|" * len(columns) + "---|"]
+  for rec in records:
+    cells = {_label(r): r for r in rec["results"]}
+    d = rec["defense"]
+    defense = (f"{d['method']} p {d['startp']:g}→{d['endp']:g}, {d['inference']} p {d['mean_p']:.3g}"
+               if d else "none")
+    values = []
+    for c in columns:
+      r = cells.get(c)
+      if r is None:
+        values.append("—")
+      elif abs(r["robust_all_draws"] - r["accuracy"]) > 1e-12:
+        values.append(f"{r['accuracy']:.1%} ({r['robust_all_draws']:.1%})")
+      else:
+        values.append(f"{r['accuracy']:.1%}")
+    failed = len(failed_checks(rec))
+    lines.append(f"| {Path(rec['run']).name} | {defense} | {rec['images']} | " + " | ".join(values)
+                 + f" | {'all passed' if not failed else f'**{failed} failed**'} |")
+  return "\n".join(lines) + "\n"

@@ -75,6 +75,12 @@ def test_run_attack_judges_final_examples_under_the_defense():
   assert clean.max_linf == 0.0
   attacked = evaluation.run_attack(vanilla, None, x, y, name="bpda_pgd", steps=10, **common)
   assert attacked.accuracy == 0.0 and attacked.max_linf <= 0.3 + 1e-6
+  # Restart r uses the same key whatever the number of restarts, so a second restart can only
+  # remove images from the robust set (robust = survives every restart).
+  weak = dict(common, params=attack_suite.Params(eps=0.004, step_size=0.002))
+  one = evaluation.run_attack(vanilla, None, x, y, name="pgd", steps=2, **dict(weak, restarts=1))
+  four = evaluation.run_attack(vanilla, None, x, y, name="pgd", steps=2, **dict(weak, restarts=4))
+  assert four.accuracy <= one.accuracy <= clean.accuracy
   with pytest.raises(ValueError, match="needs the independently trained copy"):
     evaluation.run_attack(vanilla, None, x, y, name="transfer_pgd", steps=2, **common)
 
@@ -175,3 +181,16 @@ def test_every_registered_attack_runs_through_a_defense_within_eps():
     assert r.max_linf <= 0.05 + 1e-6, name
     assert 0.0 <= r.robust_all_draws <= r.mean_over_draws <= 1.0, name
     assert r.steps == (2 if attack_suite.get(name).iterative else None)
+
+
+def test_combined_table_aligns_runs_by_attack_and_steps():
+  def record(run, rows, failed=False):
+    results = [dict(attack=a, steps=s, accuracy=acc, robust_all_draws=rob) for a, s, acc, rob in rows]
+    checks = [dict(name="c", passed=not failed, detail="d")]
+    return dict(run=run, defense=None, images=500, results=results, sanity=dict(checks=checks))
+  table = report.combined([record("runs/a", [("clean", None, 0.7, 0.7), ("pgd", 7, 0.1, 0.1)]),
+                           record("runs/b", [("pgd", 7, 0.5, 0.25), ("pgd", 20, 0.4, 0.2)], True)])
+  lines = table.splitlines()
+  assert lines[0] == "| run | defense | images | clean | pgd-7 | pgd-20 | sanity |"
+  assert lines[2] == "| a | none | 500 | 70.0% | 10.0% | — | all passed |"
+  assert lines[3] == "| b | none | 500 | — | 50.0% (25.0%) | 40.0% (20.0%) | **1 failed** |"

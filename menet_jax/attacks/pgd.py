@@ -11,7 +11,10 @@ draw fresh randomness at every step (ME-Net's training, BPDA and EOT attacks).
 
 With `keep_best`, PGD returns for each example the iterate x_0 .. x_T with the
 highest loss rather than the last one (Athalye et al.'s EOT evaluation: with an
-averaged loss, the highest *average* loss).
+averaged loss, the highest *average* loss). Random restarts, where an image is
+robust only if every restart fails, are run by the evaluation runner
+(`menet_jax.evaluation.run_attack(restarts=r)`), which judges each restart's
+final example under the defense.
 """
 
 from __future__ import annotations
