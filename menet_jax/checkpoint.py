@@ -232,7 +232,14 @@ def _manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
   handlers = ocp.handlers.create_default_handler_registry(
       state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler())
   # cleanup_tmp_directories: a new run deletes what killed saves left behind.
-  options = ocp.CheckpointManagerOptions(cleanup_tmp_directories=True, **options)
+  # The barrier prefix: orbax names the multi-process barrier of an async save after the
+  # step alone ("_async_write_complete.<step>"), so `last` and `best` saving the same step
+  # at once collided and hung a two-process run (1 run in 6 on this machine).
+  options = ocp.CheckpointManagerOptions(
+      cleanup_tmp_directories=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=directory.name),
+      **options)
   return ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
 
 

@@ -9,9 +9,10 @@ independent draws of the defense's randomness: `accuracy` is the first draw
 (the number a single deployment would show), `mean_over_draws` the average over
 the draws, `robust_all_draws` the fraction of images correct in every draw.
 
-Randomness: the attack of (name, steps, restart) on a batch starting at image
-i uses fold_in(attack_key, crc32(name), steps, restart, i); the defense's draw d
-for image j uses fold_in(fold_in(eval_key, d), j) (`MENet.inference_keys`),
+Randomness: restart r of attack `name` at `steps` on the batch that starts at
+image i uses the key fold_in(attack_key, crc32(name), steps, i, r) (nested
+fold_ins), so the attack depends on the batch size; the defense's draw d
+for image j (mask v of a vote) uses fold_in(eval_key, d, v, j) (`MENet.inference_keys`),
 so the judgement does not depend on the batch size and the same seeds replay
 the same evaluation.
 """

@@ -62,8 +62,12 @@ def test_two_processes_train_and_agree(tmp_path):
   procs = [_worker(tmp_path / f"p{i}.npz", tmp_path / "run",
                    extra=[f"--coordinator=localhost:{port}", f"--process={i}", "--processes=2"])
            for i in range(2)]
-  for proc in procs:
-    _finish(proc)
+  # Both outputs are read before either is judged: when one process fails, the
+  # other's log says why.
+  outs = [proc.communicate(timeout=400)[0] for proc in procs]
+  for i, (proc, out) in enumerate(zip(procs, outs)):
+    assert proc.returncode == 0, "\n\n".join(f"process {j}:\n{o[-3000:]}"
+                                             for j, o in enumerate(outs))
   assert int(np.load(tmp_path / "p0.npz")["step"]) == 8
   assert _max_difference(tmp_path / "p0.npz", tmp_path / "p1.npz") == 0.0
   # Each process built the ME test set of its own half of the split.
