@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import menet_jax
-from menet_jax import attack_suite, checkpoint, config as config_lib, parallel, validation
+from menet_jax import attack_suite, checkpoint, config as config_lib, parallel, sanity, train
+from menet_jax import validation
 from menet_jax.attacks import cross_entropy
 from menet_jax.defenses import MENet, majority_vote
 
@@ -85,8 +86,6 @@ def load(workdir: str | Path, image_shape: tuple[int, int, int], which: str = "l
   Raises:
     FileNotFoundError: no run or no checkpoint of that kind in workdir.
   """
-  from menet_jax import train  # train imports the evaluation's callers; import it late
-
   validation.choice("checkpoint", which, CHECKPOINTS)
   workdir = Path(workdir)
   config = read_config(workdir)
@@ -304,8 +303,6 @@ def evaluate(model: Model, source: Model | None, images: np.ndarray, labels: np.
       step max(step_size, 2.5 eps / steps) (Madry et al.'s rule, so that large
       radii are reachable).
   """
-  from menet_jax import sanity  # sanity only formats checks; keeps the import graph flat
-
   params = params.validate()
   root = jax.random.key(validation.integer_in("seed", seed, 0))
   attack_key, eval_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
