@@ -139,8 +139,8 @@ def _on(logits_fn: Logits, loss, y):
 
 
 def _fresh(random_logits: RandomLogits, loss, y, key):
-  """Loss under a fresh draw of the defense at every step t (per-example keys)."""
-  return lambda xa, t: loss(random_logits(xa, jax.random.fold_in(key, t)), y)
+  """Loss under a fresh draw of the defense at every step t."""
+  return attacks.fresh_draws(lambda xa, k: loss(random_logits(xa, k), y), key)
 
 
 def _cw(kappa: float):
