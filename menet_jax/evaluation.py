@@ -205,7 +205,7 @@ def run_attack(model: Model, source: Model | None, images: np.ndarray, labels: n
     model, source: the target and the independently trained copy (or None).
     images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
     name: a registered attack; steps: its iterations (iterative attacks).
-    params: attack parameters; restarts >= 1; draws >= 1.
+    params: attack parameters; restarts >= 1 (deterministic attacks run once); draws >= 1.
     attack_key, eval_key: PRNG keys of the attacker and of the defense's judgement.
     batch_size: images per batch (the last batch is padded and the padding ignored).
     indices: (N,) the images' indices in their split (default arange(N)).
@@ -213,7 +213,9 @@ def run_attack(model: Model, source: Model | None, images: np.ndarray, labels: n
   attack = attack_suite.get(name)
   if attack.needs_source and source is None:
     raise ValueError(f"attack {name!r} needs the independently trained copy (--source_workdir)")
-  restarts = validation.integer_in("restarts", restarts, 1) if attack.random else 1
+  restarts = validation.integer_in("restarts", restarts, 1)
+  if not attack.random:
+    restarts = 1  # a deterministic attack gives the same example every restart
   draws = validation.integer_in("draws", draws, 1)
   batch_size = validation.integer_in("batch_size", batch_size, 1)
   if attack.iterative:

@@ -120,7 +120,9 @@ def _define_eval_flags(fv: dict[str, Any]) -> None:
   flags.DEFINE_string("eval_name", "eval", "eval: report name, <workdir>/eval/<name>.md.", **fv)
   flags.DEFINE_list("sanity_eps", ["0", "0.0078431", "0.0313725", "0.0627451", "0.5"],
                     "eval: radii of the BPDA-PGD sanity sweep (empty: none).", **fv)
-  flags.DEFINE_integer("sanity_images", 100, "eval: images of the sanity checks.", **fv)
+  flags.DEFINE_integer("sanity_images", 100,
+                       "eval: images of the sanity checks (at most --eval_images are used).",
+                       **fv)
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:

@@ -81,6 +81,8 @@ def test_run_attack_judges_final_examples_under_the_defense():
   one = evaluation.run_attack(vanilla, None, x, y, name="pgd", steps=2, **dict(weak, restarts=1))
   four = evaluation.run_attack(vanilla, None, x, y, name="pgd", steps=2, **dict(weak, restarts=4))
   assert four.accuracy <= one.accuracy <= clean.accuracy
+  with pytest.raises(ValueError, match="restarts must be an integer >= 1"):
+    evaluation.run_attack(vanilla, None, x, y, name="clean", steps=None, **dict(common, restarts=0))
   with pytest.raises(ValueError, match="needs the independently trained copy"):
     evaluation.run_attack(vanilla, None, x, y, name="transfer_pgd", steps=2, **common)
 
