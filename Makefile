@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
+$(VENV)/.dev-installed: requirements-dev.txt requirements-tfds.txt $(VENV)/.installed
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
@@ -36,6 +36,7 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.reconstruct --data_dir=$(DATA_DIR)
+	$(BIN)/python -m benchmarks.eigh_route --data_dir=$(DATA_DIR)
 	$(BIN)/python -m benchmarks.train --data_dir=$(DATA_DIR)
 	$(BIN)/python -m benchmarks.attack --data_dir=$(DATA_DIR)
 

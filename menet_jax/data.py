@@ -257,10 +257,27 @@ _READERS = {
 }
 
 
+TFDS_EXTRA = "requirements-tfds.txt"
+
+
 def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
   import tensorflow_datasets as tfds  # imported lazily: slow, and unused offline
 
-  source = tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir))
+  try:
+    # ArrayRecord is the format tfds.data_source reads; with TensorFlow installed TFDS would
+    # otherwise prepare TFRecord files, which it cannot read by index.
+    source = tfds.data_source(name, split=split,
+                              data_dir=None if data_dir is None else str(data_dir),
+                              builder_kwargs={"file_format": "array_record"})
+  except ModuleNotFoundError as e:
+    if e.name != "tensorflow":
+      raise
+    # Reading a prepared dataset needs no TensorFlow, but preparing one does: every TFDS builder
+    # of these datasets reads the downloaded files with tf.io.gfile.
+    raise ModuleNotFoundError(
+        f"preparing {name!r} with tensorflow-datasets needs TensorFlow, which the pinned "
+        f"environment leaves out (it is only needed to prepare a download): pip install -r "
+        f"{TFDS_EXTRA}, or pip install tensorflow-cpu", name="tensorflow") from e
   n = len(source)
   if n == 0:
     raise ValueError(f"TFDS returned no examples for {name} {split}")

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from menet_jax import masks, validation
+from menet_jax.reconstruct import spectral
 
 
 def approximate_rank(images: np.ndarray, *, energy: float = 0.9, layout: str = "concat",
@@ -22,7 +23,7 @@ def approximate_rank(images: np.ndarray, *, energy: float = 0.9, layout: str = "
     images: (N, H, W, C) uint8 or float in [0, 1].
     energy: fraction in (0, 1].
     layout: "concat" or "separate".
-    batch_size: images per SVD call.
+    batch_size: images per call.
 
   Returns:
     (N,) int64 ranks in [1, min(m, n)] (0 for an all-black image).
@@ -40,7 +41,9 @@ def approximate_rank(images: np.ndarray, *, energy: float = 0.9, layout: str = "
 
 @jax.jit
 def _cumulative_energy(mats):
-  s2 = jnp.linalg.svd(mats, compute_uv=False) ** 2
+  # sigma_i^2 are the eigenvalues of the smaller Gram matrix (spectral.eigh: no batched
+  # LAPACK call on CPU); rounding-level negative ones are clipped.
+  s2 = jnp.maximum(spectral.gram_eigvalsh(spectral.gram(mats))[..., ::-1], 0)
   total = jnp.sum(s2, axis=-1, keepdims=True)
   return jnp.cumsum(s2, axis=-1), total
 

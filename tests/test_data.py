@@ -5,8 +5,10 @@ import struct
 
 import numpy as np
 import pytest
+from scipy import io as sio
 
 from menet_jax import data
+from tests import watchdog
 from tests.conftest import DATA_DIR
 
 CIFAR_DIR = DATA_DIR / "cifar10" / "cifar-10-batches-py"
@@ -143,6 +145,115 @@ def test_tfds_backend_with_mock_data(tmp_path, monkeypatch, name, shape):
   assert labels.dtype == np.int32 and labels.shape == (6,) and 0 <= labels.min() <= labels.max() < 10
   if auto_images is not None:
     np.testing.assert_array_equal(auto_images, images)
+
+
+def _fake_sources(root, name, rng):
+  """The published files TFDS would download for `name`, with a few random images.
+
+  Returns ({url basename: local path}, {split: (images, labels)}) where the
+  paths are what TFDS's download manager hands the builder (MNIST's IDX files
+  already extracted, CIFAR-10's archive already unpacked).
+  """
+  counts = {"train": 6, "test": 4, "extra": 3}
+  if name in ("mnist", "fashion_mnist"):
+    splits = {s: (rng.integers(0, 256, (counts[s], 28, 28, 1), dtype=np.uint8),
+                  rng.integers(0, 10, counts[s]).astype(np.int32)) for s in ("train", "test")}
+    files = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+      images, labels = splits[split]
+      for kind, array, magic in (("images-idx3", images[..., 0], 3), ("labels-idx1", labels, 1)):
+        path = root / f"{prefix}-{kind}-ubyte"
+        path.write_bytes(struct.pack(">HBB", 0, 8, magic) + struct.pack(f">{array.ndim}I", *array.shape)
+                         + array.astype(np.uint8).tobytes())
+        files[f"{prefix}-{kind}-ubyte.gz"] = path
+    return files, splits
+  if name == "cifar10":
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    splits = {}
+    names = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+    for split, files in names.items():
+      parts = []
+      for f in files:
+        images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, 2).astype(np.int32)
+        records = [np.concatenate([[l], im.transpose(2, 0, 1).ravel()]).astype(np.uint8)
+                   for l, im in zip(labels, images)]
+        (folder / f).write_bytes(b"".join(r.tobytes() for r in records))
+        parts.append((images, labels))
+      splits[split] = tuple(np.concatenate(p) for p in zip(*parts))
+    return {"cifar-10-binary.tar.gz": root}, splits
+  splits, files = {}, {}
+  for split in ("train", "test", "extra"):
+    images = rng.integers(0, 256, (counts[split], 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, counts[split]).astype(np.int32)
+    path = root / f"{split}_32x32.mat"
+    sio.savemat(path, {"X": images.transpose(1, 2, 3, 0), "y": np.where(labels == 0, 10, labels)[:, None]})
+    files[path.name], splits[split] = path, (images, labels)
+  return files, splits
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "svhn_cropped"])
+def test_tfds_downloads_and_prepares_up_to_the_network(tmp_path, monkeypatch, name):
+  # The whole TFDS path that an online user without local files takes: builder,
+  # download_and_prepare (the dataset's own parsing code, ArrayRecord writing), data_source
+  # reading. Only the network is replaced: the download manager hands the builder local
+  # copies of the published files, holding a few random images.
+  import tempfile
+
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tfds_tmp"))
+  (tmp_path / "tfds_tmp").mkdir()
+  (tmp_path / "src").mkdir()
+  files, splits = _fake_sources(tmp_path / "src", name, np.random.default_rng(0))
+  # TFDS's MNIST builders read a fixed number of images from each file.
+  monkeypatch.setattr(tfds_mnist, "_TRAIN_EXAMPLES", len(splits["train"][1]))
+  monkeypatch.setattr(tfds_mnist, "_TEST_EXAMPLES", len(splits["test"][1]))
+  fetched = []
+
+  def local_copy(self, urls):
+    one = lambda url: (fetched.append(url), str(files[url.rsplit("/", 1)[-1]]))[1]
+    return {k: one(v) for k, v in urls.items()} if isinstance(urls, dict) else one(urls)
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", local_copy)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", local_copy)
+  for split in ("train", "test"):
+    images, labels = data.load(name, split, tmp_path / "tfds", backend="tfds")
+    # TFDS stores a split in its own (hashed) order, not the files' order.
+    expected = {im.tobytes(): label for im, label in zip(*splits[split])}
+    assert images.dtype == np.uint8 and images.shape == splits[split][0].shape
+    assert {im.tobytes(): label for im, label in zip(images, labels)} == expected
+  assert fetched, "the builder downloaded nothing"
+
+
+# A Python without TensorFlow: site-packages seen through a folder of links to every entry
+# but tensorflow itself, then data.load through TFDS with the download replaced.
+WITHOUT_TENSORFLOW = """
+import os, sys, sysconfig
+site, view = sysconfig.get_paths()["purelib"], sys.argv[1]
+os.makedirs(view)
+for entry in os.listdir(site):
+  if entry != "tensorflow" and not entry.startswith(("tensorflow_cpu", "tensorflow-")):
+    os.symlink(os.path.join(site, entry), os.path.join(view, entry))
+sys.path = [view if p == site else p for p in sys.path]
+import tensorflow_datasets as tfds
+from menet_jax import data
+tfds.download.DownloadManager.download_and_extract = lambda self, urls: {k: "/nowhere" for k in urls}
+try:
+  data.load("mnist", "test", sys.argv[2], backend="tfds")
+except FileNotFoundError as e:
+  print("ERROR:", e)
+"""
+
+
+def test_tfds_preparation_without_tensorflow_names_the_package(tmp_path):
+  out = watchdog.run(["-c", WITHOUT_TENSORFLOW, tmp_path / "site", tmp_path / "tfds"], timeout=120,
+                     what="TFDS without TensorFlow")
+  message = out[out.index("ERROR:"):]
+  assert "needs TensorFlow" in message and data.TFDS_EXTRA in message
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):

@@ -1,10 +1,12 @@
 """Runs a short training in its own process (device count and jax.distributed are per process).
 
-    python -m tests.train_worker OUT_NPZ WORKDIR [--coordinator=host:port --process=i --processes=n]
+    python -m tests.train_worker OUT_NPZ WORKDIR [--mode=adv --dataset=cifar10 --model=small_cnn
+        --images=64 --mask_num=2] [--coordinator=host:port --process=i --processes=n]
 
-Trains ME-Net (adv mode: PGD through BPDA, fresh masks per step, BatchNorm) with
-the small CNN on 64 CIFAR-10 test images for one epoch and saves this process's
-copy of the final parameters and BatchNorm statistics.
+Trains for one epoch on the first `images` test images of `dataset` (batch 16,
+ME-Net with USVT, p 0.4 -> 0.6, `mask_num` masks; adv mode: PGD-2 through BPDA,
+fresh masks per step) and saves this process's copy of the final parameters and
+BatchNorm statistics.
 """
 
 import argparse
@@ -26,14 +28,19 @@ def main(argv):
   parser.add_argument("--process", type=int)
   parser.add_argument("--processes", type=int)
   parser.add_argument("--mode", default="adv")
+  parser.add_argument("--dataset", default="cifar10")
+  parser.add_argument("--model", default="small_cnn")
+  parser.add_argument("--images", type=int, default=64)
+  parser.add_argument("--mask_num", type=int, default=2)
   args = parser.parse_args(argv)
   if args.coordinator:
     parallel.initialize(args.coordinator, args.processes, args.process)
   config = config_lib.Config.for_dataset(
-      "cifar10", workdir=args.workdir, data_dir=str(DATA_DIR), cache_dir=args.workdir + "-cache",
-      train_split="test[:64]", test_split="test[64:80]", model="small_cnn", mode=args.mode,
-      me_method="usvt", startp=0.4, endp=0.6, mask_num=2, epochs=1, batch_size=16,
-      eval_batch_size=8, lr=0.05, adv_steps=2, progress=False, log_every=2)
+      args.dataset, workdir=args.workdir, data_dir=str(DATA_DIR), cache_dir=args.workdir + "-cache",
+      train_split=f"test[:{args.images}]", test_split=f"test[{args.images}:{args.images + 16}]",
+      model=args.model, mode=args.mode, me_method="usvt", startp=0.4, endp=0.6,
+      mask_num=args.mask_num, epochs=1, batch_size=16, eval_batch_size=8, lr=0.05, adv_steps=2,
+      progress=False, log_every=2)
   config.validate()
   if jax.process_index() == 0:
     run_dir.prepare(config)

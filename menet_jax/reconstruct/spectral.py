@@ -50,22 +50,53 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=_HIGHEST)
 
 
+@jax.custom_jvp
 def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Ascending eigenvalues and eigenvectors of symmetric (..., k, k) matrices.
 
-  On a CPU backend with several devices, one matrix is decomposed at a time:
-  jaxlib 0.10's batched LAPACK kernel splits the batch over XLA's intra-op
-  thread pool and blocks a pool thread waiting for the pieces, and when every
-  device runs such a kernel at once the pool starves and the program hangs
-  (seen under shard_map with --xla_force_host_platform_device_count=4 on 2
-  cores; a gdb trace shows all pool threads in ParallelBatchMap). A single
-  matrix never goes to the pool. Elsewhere the batched kernel is used.
+  On CPU one matrix is decomposed at a time, whatever the batch, the device
+  count and any `vmap` around the caller. jaxlib's batched LAPACK kernel
+  (0.10.2) splits a batch over XLA's intra-op thread pool and blocks the
+  calling thread until the pieces are done; when XLA runs two such kernels
+  concurrently on pool threads (independent loops in one program, or one per
+  device) every pool thread can end up waiting for work that no free thread
+  picks up, and the program hangs for good. A single matrix is decomposed
+  inline, never through the pool, so this route cannot starve it; it costs
+  no measurable time on 2 cores (docs/benchmarks.md). Other backends use their
+  batched kernels (cuSOLVER on GPUs, Jacobi on TPUs).
+
+  Derivatives are those of `jnp.linalg.eigh` (undefined where eigenvalues
+  repeat); the filters below differentiate through `gram_functions` instead.
   """
-  if g.ndim == 2 or not (jax.default_backend() == "cpu" and jax.device_count() > 1):
-    return jnp.linalg.eigh(g)
-  batch = g.shape[:-2]
-  lam, q = jax.lax.map(jnp.linalg.eigh, g.reshape(-1, *g.shape[-2:]))
-  return lam.reshape(*batch, -1), q.reshape(g.shape)
+  k = g.shape[-1]
+  flat = g.reshape(-1, k, k)
+  lam, q = jax.lax.platform_dependent(flat, cpu=_eigh_one_at_a_time, default=jnp.linalg.eigh)
+  return lam.reshape(*g.shape[:-1]), q.reshape(g.shape)
+
+
+@eigh.defjvp
+def _eigh_jvp(primals, tangents):
+  # dlambda_i = q_i^T dG q_i,  dQ = Q (F o (Q^T dG Q)),  F_ij = 1 / (lambda_j - lambda_i), F_ii = 0,
+  # with dG symmetrised as the decomposition symmetrises G.
+  (g,), (dg,) = primals, tangents
+  lam, q = eigh(g)
+  dg = (dg + transpose(dg)) / 2
+  dg_q = matmul(transpose(q), matmul(dg, q))
+  off = ~jnp.eye(lam.shape[-1], dtype=bool)
+  gap = lam[..., None, :] - lam[..., :, None]
+  f = jnp.where(off, 1 / jnp.where(off, gap, 1), 0)
+  return (lam, q), (jnp.diagonal(dg_q, axis1=-2, axis2=-1), matmul(q, f * dg_q))
+
+
+# Batched by vmap (including a caller's vmap around this module's functions), it
+# becomes a loop over single matrices (lax.map), so LAPACK never sees a batch.
+@jax.custom_batching.sequential_vmap
+def _eigh_single(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jnp.linalg.eigh(g)
+
+
+def _eigh_one_at_a_time(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jax.vmap(_eigh_single)(g)
 
 
 def transpose(a: jax.Array) -> jax.Array:
