@@ -8,7 +8,7 @@ the signed step. Both implementations attack the same CIFAR-10 test images with
 the same network (`--model`, randomly initialised: speed does not depend on the
 weights), eps 8/255, step 2/255, a fresh p = `--p` mask per image and step:
 
-  menet_jax   the whole attack (`attack_suite` "bpda_pgd") jitted, batched,
+  menet_jax   the whole attack (evaluation.suite's "bpda_pgd") jitted, batched,
               reconstruction per batch on the device, float32
   reference   as the release attacks: a Python loop over images inside every
               step, each reconstructed by the per-image numpy / cvxpy code of
@@ -30,11 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from menet_jax import attack_suite, data, evaluation, machine, masks, models
-from menet_jax import config as config_lib
+from menet_jax import data, defenses, evaluation
 from menet_jax.attacks import cross_entropy
-from menet_jax.defenses import MENet
-from benchmarks.per_image import PARAMS, REFERENCES
+from menet_jax.evaluation import suite
+from menet_jax.reconstruct import masks
+from menet_jax.training import state as state_lib
+from menet_jax.training.config import Config
+from menet_jax.utils import machine
+from references.per_image import PARAMS, REFERENCES
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with cifar-10-batches-py.")
 _MODEL = flags.DEFINE_string("model", "small_cnn", "Network (menet_jax.models).")
@@ -68,9 +71,8 @@ def main(argv):
   n = _BATCH.value
   images, labels = data.load("cifar10", f"test[:{n}]", _DATA_DIR.value)
   x = images.astype(np.float32) / 255
-  config = config_lib.Config.for_dataset("cifar10", workdir="-", model=_MODEL.value)
-  from menet_jax import train
-  net = train.create_model(config)
+  config = Config.for_dataset("cifar10", workdir="-", model=_MODEL.value)
+  net = state_lib.create_model(config)
   variables = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   apply = lambda v: net.apply(variables, v, train=False)
   grad_fn = jax.jit(jax.grad(lambda v, y: jnp.sum(cross_entropy(apply(v), y))))
@@ -82,16 +84,16 @@ def main(argv):
   rows = ["| method | menet_jax img x steps/s | compile s | reference | reference img x steps/s "
           "(steps) | speed-up |", "|---|---|---|---|---|---|"]
   for name in _METHODS.value:
-    defense = MENet.create(method=name, startp=_P.value, endp=_P.value, mask_num=1,
-                           image_shape=(32, 32, 3), **PARAMS.get(name, {}))
-    model = evaluation.Model(apply_fn=net.apply, variables=variables, defense=defense,
-                             config=config, checkpoint="", step=0)
-    attack = attack_suite.get("bpda_pgd")
+    defense = defenses.MENet.create(method=name, startp=_P.value, endp=_P.value, mask_num=1,
+                                    **PARAMS.get(name, {}))
+    restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
+                                   config=config, checkpoint="", step=0)
+    attack = suite.ATTACKS.lookup(f"bpda_pgd(steps={_STEPS.value})")
 
     @jax.jit
     def run(variables, key, xb, yb):
-      ctx = evaluation.context(model, variables, None, None, attack_suite.Params())
-      return attack.fn(ctx, key, xb, yb, _STEPS.value)
+      ctx = evaluation.context(restored, variables, None, None, eps=EPS, step_size=STEP)
+      return attack(ctx, key, xb, yb)
 
     t = time.perf_counter()
     jax.block_until_ready(run(variables, jax.random.key(0), x, labels))

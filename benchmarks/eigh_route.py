@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from menet_jax import data, machine, masks, reconstruct
+from menet_jax import data, reconstruct
+from menet_jax.reconstruct import masks
+from menet_jax.utils import machine
 from menet_jax.reconstruct import spectral
-from benchmarks.per_image import PARAMS
+from references.per_image import PARAMS
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with cifar-10-batches-py.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 500, "Images per pass (one jitted call).")

@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from menet_jax import data, machine, reconstruct
-from benchmarks.per_image import PARAMS, REFERENCES
-from tests import references
+from menet_jax import data, reconstruct
+from menet_jax.utils import machine
+from references.per_image import PARAMS, REFERENCES
+from references import matrices as references
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with cifar-10-batches-py.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Images for the batched implementation.")

@@ -4,17 +4,16 @@
 
 Part 1, training steps. For each model (`--models`) and mode (`--modes`) the
 script builds the training state and the jitted step exactly as
-`train.train_and_evaluate` does: `create_train_state` jitted with replicated
-out_shardings, and
+`training.loop.train_and_evaluate` does: the objective's `init` jitted with
+replicated out_shardings, and
 
-  jax.jit(functools.partial(train.train_step, mode=..., augment=True, defense=...,
-                            adv_eps=..., adv_step=..., adv_steps=...,
-                            reconstruct=parallel.per_device(defense.reconstruct, mesh, nargs=3)),
+  jax.jit(functools.partial(objective.step, defense=defenses.on_devices(defense, mesh),
+                            augment=True),
           out_shardings=(replicated, replicated))
 
-over the 1-D mesh of all devices (`parallel.mesh`), with the CIFAR-10 settings
-of `Config.for_dataset("cifar10")` (Table 8: SGD with momentum 0.9, weight
-decay 1e-4, pad-4 crop and flip augmentation). Modes:
+over the 1-D mesh of all devices (`utils.parallel.mesh`), with the CIFAR-10
+settings of `Config.for_dataset("cifar10", mode=...)` (Table 8: SGD with
+momentum 0.9, weight decay 1e-4, pad-4 crop and flip augmentation). Modes:
 
   vanilla  one SGD step on the clean batch.
   adv      ME-Net adversarial training: PGD-7 (eps 8/255, step 2/255) through the
@@ -37,12 +36,12 @@ over its wall time, and the table gives the median repeat, also divided by
 `jax.device_count()`.
 
 Part 2, ME training sets. For each method (`--build_methods`, default
-parameters, concat layout) `me_dataset.build` reconstructs the first
+parameters, concat layout) `data.cache.build` reconstructs the first
 `--num_images` CIFAR-10 test images under one mask each (probs = [`--p`]), so
 the time is per reconstruction, including the host side of a build (uint8
 quantisation, writing the memmapped .npy and its progress file). Each build
 goes to a fresh directory under a temporary cache dir, deleted at the end.
-`me_dataset` keeps its jitted chunk function per (reconstruct, devices) and
+`data.cache` keeps its jitted chunk function per (transform, devices) and
 jit compiles once per chunk shape, so a first build of the next
 `--build_batch` + (N mod `--build_batch`) test images (the same chunk shapes;
 N images when N <= `--build_batch`) compiles it. The table gives the median of
@@ -64,9 +63,13 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from menet_jax import config as config_lib, data, machine, me_dataset, parallel, train
-from menet_jax.defenses import MENet
+from menet_jax import data, defenses
+from menet_jax.data import cache
 from menet_jax.reconstruct import registry
+from menet_jax.training import objectives
+from menet_jax.training import state as state_lib
+from menet_jax.training.config import Config
+from menet_jax.utils import machine, parallel
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data",
                                 "Directory with cifar-10-batches-py (part 2, and --real_data).")
@@ -82,7 +85,7 @@ _ADV_METHOD = flags.DEFINE_string("adv_method", "usvt", "ME method of the adv mo
 _BUILD_METHODS = flags.DEFINE_list("build_methods", ["usvt", "soft_impute", "nuclear_norm"],
                                    "ME methods of the training-set builds (part 2; empty: skip).")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "CIFAR-10 test images per timed build.")
-_BUILD_BATCH = flags.DEFINE_integer("build_batch", 256, "me_dataset.build batch_size.")
+_BUILD_BATCH = flags.DEFINE_integer("build_batch", 256, "data.cache.build batch_size.")
 _BUILD_REPEATS = flags.DEFINE_integer("build_repeats", 1, "Timed builds per method (median).")
 _P = flags.DEFINE_float("p", 0.5, "Observation probability of the build's one mask.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the data, parameters and masks.")
@@ -101,35 +104,31 @@ def _host_batches(n: int, batch_size: int, rng: np.random.Generator, p: float) -
     labels = rng.integers(0, 10, n * batch_size).astype(np.int32)
   return [{"image": images[i * batch_size:(i + 1) * batch_size],
            "label": labels[i * batch_size:(i + 1) * batch_size].astype(np.int32),
-           "p": np.full(batch_size, p, np.float32)} for i in range(n)]
+           "level": np.full(batch_size, p, np.float32)} for i in range(n)]
 
 
 def _measure_training(model_name: str, mode: str) -> dict:
   """Compile seconds and images/s (median repeat) of one model and mode."""
-  config = config_lib.Config.for_dataset(
-      "cifar10", workdir="", model=model_name, mode=mode, batch_size=_BATCH.value,
-      me_method=_ADV_METHOD.value, seed=_SEED.value)
+  config = Config.for_dataset("cifar10", workdir="", model=model_name, mode=mode,
+                              batch_size=_BATCH.value, me_method=_ADV_METHOD.value,
+                              seed=_SEED.value)
   config.validate()
   mesh = parallel.mesh()
   local_batch = parallel.check_batch("batch_size", config.batch_size)
-  defense = train.defense_for(config, IMAGE_SHAPE)
-  p = defense.mean_p if defense is not None else 1.0
+  defense = defenses.create(config.defense)
+  objective = objectives.create(config.objective)
+  p = defense.test_level
   root = jax.random.key(config.seed)
   k_init, k_train = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 
-  model = train.create_model(config)
-  tx = train.optimizer(config, _STEPS_PER_EPOCH)
+  model = state_lib.create_model(config)
+  tx = state_lib.optimizer(config, _STEPS_PER_EPOCH)
   replicated = parallel.replicated(mesh)
-  state = jax.jit(functools.partial(train.create_train_state, model=model, tx=tx,
-                                    image_shape=IMAGE_SHAPE),
+  state = jax.jit(functools.partial(objective.init, model=model, tx=tx, image_shape=IMAGE_SHAPE),
                   out_shardings=replicated)(k_init)
-  reconstruct = None
-  if defense is not None:
-    reconstruct = parallel.per_device(defense.reconstruct, mesh, nargs=3)
-  step_fn = jax.jit(functools.partial(
-      train.train_step, mode=config.mode, augment=config.augment, defense=defense,
-      adv_eps=config.adv_eps, adv_step=config.adv_step, adv_steps=config.adv_steps,
-      reconstruct=reconstruct), out_shardings=(replicated, replicated))
+  step_fn = jax.jit(functools.partial(objective.step, defense=defenses.on_devices(defense, mesh),
+                                      augment=config.augment),
+                    out_shardings=(replicated, replicated))
 
   host_batches = _host_batches(4, local_batch, np.random.default_rng(config.seed), p)
   start = time.perf_counter()
@@ -162,21 +161,21 @@ def _measure_training(model_name: str, mode: str) -> dict:
           "defense": defense}
 
 
-def _build_seconds(images: np.ndarray, reconstruct, method: str, cache: Path, tag: str) -> float:
+def _build_seconds(images: np.ndarray, transform, method: str, cache_dir: Path, tag: str) -> float:
   start = time.perf_counter()
-  me_dataset.build(images=images, indices=np.arange(len(images)), probs=[_P.value],
-                   reconstruct=reconstruct, key=jax.random.key(_SEED.value),
-                   manifest={"name": f"{method}-{tag}", "method": method},
-                   cache_dir=cache / tag, batch_size=_BUILD_BATCH.value, progress=False)
+  cache.build(images=images, indices=np.arange(len(images)), levels=[_P.value],
+              transform=transform, key=jax.random.key(_SEED.value),
+              manifest={"name": f"{method}-{tag}", "method": method},
+              cache_dir=cache_dir / tag, batch_size=_BUILD_BATCH.value, progress=False)
   return time.perf_counter() - start
 
 
-def _measure_build(method: str, images: np.ndarray, warm_images: np.ndarray, cache: Path) -> dict:
-  defense = MENet.create(method=method, startp=_P.value, endp=_P.value, mask_num=1,
-                         image_shape=IMAGE_SHAPE)
-  reconstruct = defense.reconstruct  # one object, so me_dataset's compiled function is reused
-  first = _build_seconds(warm_images, reconstruct, method, cache, "warmup")
-  timed = [_build_seconds(images, reconstruct, method, cache, f"run{r}")
+def _measure_build(method: str, images: np.ndarray, warm_images: np.ndarray,
+                   cache_dir: Path) -> dict:
+  defense = defenses.MENet.create(method=method, startp=_P.value, endp=_P.value, mask_num=1)
+  transform = defense.transform  # one object, so the cache's compiled function is reused
+  first = _build_seconds(warm_images, transform, method, cache_dir, "warmup")
+  timed = [_build_seconds(images, transform, method, cache_dir, f"run{r}")
            for r in range(_BUILD_REPEATS.value)]
   seconds = statistics.median(timed)
   rate = len(images) / seconds
@@ -217,7 +216,7 @@ def main(argv):
                       "| | | | | |")
           print(rows[-1], flush=True)
           continue
-        label = mode if r["defense"] is None else (
+        label = mode if not r["defense"].preprocesses else (
             f"adv ({r['defense'].method}, PGD-7 BPDA, p {r['p']:.2f})")
         rows.append(f"| {model_name} | {label} | {r['rate']:.1f} | {r['per_device']:.1f} "
                     f"| {1000 * _BATCH.value / r['rate']:.0f} | {r['compile']:.1f} "
@@ -235,16 +234,16 @@ def main(argv):
       raise ValueError(f"need {n + warm_n} CIFAR-10 test images, found {len(images)}")
     timed_images, warm_images = images[:n], images[n:n + warm_n]
     print(f"## ME training-set builds: {n} CIFAR-10 test images, one mask each at p = {_P.value}, "
-          f"concat layout, default parameters, me_dataset.build batch_size {b} over "
+          f"concat layout, default parameters, data.cache.build batch_size {b} over "
           f"{jax.local_device_count()} device(s); median of {_BUILD_REPEATS.value} build(s)\n",
           flush=True)
     rows = ["| method | s per 1,000 images | images/s | compile s (est.) | first build s (n) |",
             "|---|---|---|---|---|"]
-    cache = Path(tempfile.mkdtemp(prefix="menet_bench_me_"))
+    cache_dir = Path(tempfile.mkdtemp(prefix="menet_bench_me_"))
     try:
       for method in _BUILD_METHODS.value:
         try:
-          r = _measure_build(method, timed_images, warm_images, cache)
+          r = _measure_build(method, timed_images, warm_images, cache_dir)
         except Exception as e:  # pylint: disable=broad-except
           # One method's failure should not lose the others' numbers; the run still fails below.
           logging.exception("build with %s failed", method)
@@ -255,7 +254,7 @@ def main(argv):
                       f"| {r['first']:.1f} ({warm_n}) |")
         print(rows[-1], flush=True)
     finally:
-      shutil.rmtree(cache, ignore_errors=True)
+      shutil.rmtree(cache_dir, ignore_errors=True)
     print("\n" + "\n".join(rows))
   if failed:
     raise SystemExit(f"failed: {', '.join(failed)}")

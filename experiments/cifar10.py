@@ -1,10 +1,10 @@
-"""Train (or resume) an ME-Net experiment on cifar10: `python -m experiments.cifar10 --flagfile=...`."""
+"""python -m experiments.cifar10 --flagfile=...: train, or evaluate with --mode=eval."""
 
 from absl import app
 
-from menet_jax import experiment
+from experiments import main
 
-experiment.define_flags(dataset="cifar10")
+main.define_flags(dataset="cifar10")
 
 if __name__ == "__main__":
-  app.run(experiment.main)
+  app.run(main.main)

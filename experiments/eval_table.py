@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from menet_jax import report
+from menet_jax.evaluation import report
 
 
 def main(argv: list[str]) -> None:

@@ -1,10 +1,10 @@
-"""Train (or resume) an ME-Net experiment on mnist: `python -m experiments.mnist --flagfile=...`."""
+"""python -m experiments.mnist --flagfile=...: train, or evaluate with --mode=eval."""
 
 from absl import app
 
-from menet_jax import experiment
+from experiments import main
 
-experiment.define_flags(dataset="mnist")
+main.define_flags(dataset="mnist")
 
 if __name__ == "__main__":
-  app.run(experiment.main)
+  app.run(main.main)

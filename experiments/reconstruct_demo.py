@@ -12,7 +12,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from menet_jax import data, figures, rank
+from menet_jax import data
+from menet_jax.evaluation import figures
+from menet_jax.reconstruct import rank
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with the offline datasets.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/demo", "Where the figures are written.")

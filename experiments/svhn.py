@@ -1,10 +1,10 @@
-"""Train (or resume) an ME-Net experiment on svhn: `python -m experiments.svhn --flagfile=...`."""
+"""python -m experiments.svhn --flagfile=...: train, or evaluate with --mode=eval."""
 
 from absl import app
 
-from menet_jax import experiment
+from experiments import main
 
-experiment.define_flags(dataset="svhn_cropped")
+main.define_flags(dataset="svhn_cropped")
 
 if __name__ == "__main__":
-  app.run(experiment.main)
+  app.run(main.main)

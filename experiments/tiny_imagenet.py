@@ -1,10 +1,10 @@
-"""Train (or resume) an ME-Net experiment on tiny_imagenet: `python -m experiments.tiny_imagenet --flagfile=...`."""
+"""python -m experiments.tiny_imagenet --flagfile=...: train, or evaluate with --mode=eval."""
 
 from absl import app
 
-from menet_jax import experiment
+from experiments import main
 
-experiment.define_flags(dataset="tiny_imagenet")
+main.define_flags(dataset="tiny_imagenet")
 
 if __name__ == "__main__":
-  app.run(experiment.main)
+  app.run(main.main)

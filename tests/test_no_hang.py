@@ -19,10 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax import attack_suite, evaluation, masks, rank, reconstruct, train
-from menet_jax import config as config_lib
+from menet_jax import evaluation, masks, reconstruct
 from menet_jax.attacks import subspace_projector
 from menet_jax.defenses import MENet
+from menet_jax.evaluation import suite
+from menet_jax.reconstruct import rank
+from menet_jax.training import objectives
+from menet_jax.training import state as state_lib
+from menet_jax.training.config import Config
 from tests import watchdog
 
 TIMEOUT = 240  # s; each child finishes in 5-40 s on 2 cores
@@ -47,34 +51,37 @@ for t in threads: t.join()
 # both decomposing, inside the attack's loop.
 EOT = """
 import jax, jax.numpy as jnp, numpy as np
-from menet_jax import attack_suite, config, data, evaluation, models
+from menet_jax import data, evaluation, models
 from menet_jax.defenses import MENet
+from menet_jax.training.config import Config
 from tests.conftest import DATA_DIR
 images, labels = data.load("cifar10", "test[:32]", DATA_DIR)
 net = models.create("small_cnn", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
 variables = net.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
-defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2, image_shape=(32, 32, 3))
-model = evaluation.Model(apply_fn=net.apply, variables=variables, defense=defense,
-                         config=config.Config.for_dataset("cifar10", workdir="w"), checkpoint="", step=0)
-params = attack_suite.Params(eps=8 / 255, eot_samples=10, eot_chunk=8, eot_step_size=2 / 255)
-r = evaluation.run_attack(model, None, images.astype(np.float32) / 255, labels, name="bpda_eot",
-                          steps=5, params=params, restarts=1, draws=2,
-                          attack_key=jax.random.key(0), eval_key=jax.random.key(1), batch_size=16)
+defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
+restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
+                               config=Config.for_dataset("cifar10", workdir="w"), checkpoint="",
+                               step=0)
+r = evaluation.run_attack(restored, None, images.astype(np.float32) / 255, labels,
+                          spec="bpda_eot(steps=5, samples=10, chunk=8)", eps=8 / 255,
+                          step_size=2 / 255, restarts=1, draws=2, attack_key=jax.random.key(0),
+                          eval_key=jax.random.key(1), batch_size=16)
 print("accuracy", r.accuracy)
 """
 
 # ME training sets built over every local device (shard_map), with the iterative solver.
 ME_SET = """
 import sys, jax, numpy as np
-from menet_jax import data, me_dataset
+from menet_jax import data
+from menet_jax.data import cache
 from menet_jax.defenses import MENet
 from tests.conftest import DATA_DIR
 images, _ = data.load("cifar10", "test[:24]", DATA_DIR)
-defense = MENet.create(method="nuclear_norm", startp=0.4, endp=0.6, mask_num=2, image_shape=(32, 32, 3))
-out = me_dataset.build(images=images, indices=np.arange(24), probs=defense.train_probs,
-                       reconstruct=defense.reconstruct, key=jax.random.key(0),
-                       manifest={"method": "nuclear_norm"}, cache_dir=sys.argv[1], batch_size=16,
-                       progress=False)
+defense = MENet.create(method="nuclear_norm", startp=0.4, endp=0.6, mask_num=2)
+out = cache.build(images=images, indices=np.arange(24), levels=defense.train_levels,
+                  transform=defense.transform, key=jax.random.key(0),
+                  manifest={"method": "nuclear_norm"}, cache_dir=sys.argv[1], batch_size=16,
+                  progress=False)
 np.save(sys.argv[2], out)
 """
 
@@ -130,28 +137,28 @@ def _programs():
     # A caller's vmap (EOT and SPSA vmap their chunks) must not batch the decomposition.
     yield f"vmap({name})", jax.vmap(fn), (x[None].repeat(2, 0), mask[None].repeat(2, 0))
   images = jnp.asarray(np.random.default_rng(1).random((4, 8, 8, 3)), jnp.float32)
-  defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2, image_shape=(8, 8, 3))
+  defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
   keys = jax.random.split(jax.random.key(0), 4)
-  yield "MENet.reconstruct", defense.reconstruct, (keys, images, jnp.full(4, 0.5))
+  yield "MENet.transform", defense.transform, (keys, images, jnp.full(4, 0.5))
   yield "rank", rank._cumulative_energy, (x,)
   yield "subspace_projector", lambda a: subspace_projector(a, rank=2)(a), (images,)
-  config = config_lib.Config.for_dataset("cifar10", workdir="w", model="small_cnn", mode="adv",
-                                         me_method="usvt", startp=0.4, endp=0.6, mask_num=2)
-  model = train.create_model(config)
-  state = train.create_train_state(jax.random.key(0), model, train.optimizer(config, 1), (8, 8, 3))
+  config = Config.for_dataset("cifar10", workdir="w", model="small_cnn")
+  model = state_lib.create_model(config)
+  state = state_lib.create_train_state(jax.random.key(0), model, state_lib.optimizer(config, 1),
+                                       (8, 8, 3))
   batch = {"image": jnp.zeros((4, 8, 8, 3), jnp.uint8), "label": jnp.zeros(4, jnp.int32),
-           "p": jnp.full(4, 0.5)}
-  step = lambda s, b, k: train.train_step(s, b, k, mode="adv", augment=False, defense=defense,
-                                          adv_eps=0.03, adv_step=0.01, adv_steps=2)
-  yield "train_step(adv)", step, (state, batch, jax.random.key(0))
-  restored = evaluation.Model(apply_fn=model.apply, config=config, checkpoint="", step=0,
-                              variables={"params": state.params, "batch_stats": state.batch_stats},
-                              defense=defense)
-  ctx = evaluation.context(restored, restored.variables, None, None,
-                           attack_suite.Params(eot_samples=10, eot_chunk=8))
-  eot = attack_suite.get("bpda_eot").fn
-  yield "bpda_eot", lambda k, a, y: eot(ctx, k, a, y, 2), (jax.random.key(0), images,
-                                                            jnp.zeros(4, jnp.int32))
+           "level": jnp.full(4, 0.5)}
+  objective = objectives.create("pgd_at(eps=0.03, step_size=0.01, steps=2)")
+  step = lambda s, b, k: objective.step(s, b, k, defense=defense, augment=False)
+  yield "pgd_at step", step, (state, batch, jax.random.key(0))
+  restored = evaluation.Restored(apply_fn=model.apply, config=config, checkpoint="", step=0,
+                                 variables={"params": state.params,
+                                            "batch_stats": state.batch_stats},
+                                 defense=defense)
+  ctx = evaluation.context(restored, restored.variables, None, None, eps=0.03, step_size=0.01)
+  eot = suite.ATTACKS.lookup("bpda_eot(steps=2, samples=10, chunk=8)")
+  yield "bpda_eot", lambda k, a, y: eot(ctx, k, a, y), (jax.random.key(0), images,
+                                                         jnp.zeros(4, jnp.int32))
 
 
 @pytest.mark.parametrize("name, fn, args", [pytest.param(*p, id=p[0]) for p in _programs()])

@@ -15,8 +15,9 @@ import sys
 import jax
 import numpy as np
 
-from menet_jax import config as config_lib
-from menet_jax import parallel, run_dir, train
+from menet_jax.training import loop, run_dir
+from menet_jax.training.config import Config
+from menet_jax.utils import parallel
 from tests.conftest import DATA_DIR
 
 
@@ -35,10 +36,11 @@ def main(argv):
   args = parser.parse_args(argv)
   if args.coordinator:
     parallel.initialize(args.coordinator, args.processes, args.process)
-  config = config_lib.Config.for_dataset(
-      args.dataset, workdir=args.workdir, data_dir=str(DATA_DIR), cache_dir=args.workdir + "-cache",
+  config = Config.for_dataset(
+      args.dataset, mode=args.mode, workdir=args.workdir, data_dir=str(DATA_DIR),
+      cache_dir=args.workdir + "-cache",
       train_split=f"test[:{args.images}]", test_split=f"test[{args.images}:{args.images + 16}]",
-      model=args.model, mode=args.mode, me_method="usvt", startp=0.4, endp=0.6,
+      model=args.model, me_method="usvt", startp=0.4, endp=0.6,
       mask_num=args.mask_num, epochs=1, batch_size=16, eval_batch_size=8, lr=0.05, adv_steps=2,
       progress=False, log_every=2)
   config.validate()
@@ -47,7 +49,7 @@ def main(argv):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("workdir")
-  state, result = train.train_and_evaluate(config, args.workdir)
+  state, result = loop.train_and_evaluate(config, args.workdir)
   flat = {"/".join(map(str, path)): leaf for path, leaf in
           jax.tree_util.tree_leaves_with_path(parallel.to_host(
               {"params": state.params, "batch_stats": state.batch_stats}))}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.attacks.pgd import ball, check_inputs, loss_and_grad
 
 MOMENTUM = 0.75

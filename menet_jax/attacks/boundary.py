@@ -26,7 +26,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.attacks.pgd import check_inputs
 
 Decision = Callable[[jax.Array, jax.Array], jax.Array]

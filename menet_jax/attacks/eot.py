@@ -17,7 +17,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from menet_jax import validation
+from menet_jax.utils import validation
 
 
 def eot(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, samples: int,

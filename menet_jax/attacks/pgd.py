@@ -24,7 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from menet_jax import validation
+from menet_jax.utils import validation
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 

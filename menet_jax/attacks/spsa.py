@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.attacks.pgd import ball, check_inputs
 
 

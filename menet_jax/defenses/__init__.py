@@ -1,5 +1,14 @@
-"""Preprocessing defenses: one object that training, attacks and evaluation share."""
+"""Defenses: one interface (`Defense`) that training, attacks and evaluation share.
 
-from menet_jax.defenses.menet import MENet, majority_vote
+A defense is created from a component string, e.g.
+`defenses.create("menet(method=usvt, keep=0.8, startp=0.4, endp=0.6, mask_num=10)")`;
+a new one is a module that subclasses `Defense` and registers itself with `register`.
+"""
 
-__all__ = ["MENet", "majority_vote"]
+from menet_jax.defenses.base import (DEFENSES, Defense, Identity, OnDevices, create,
+                                     majority_vote, names, on_devices, register)
+from menet_jax.defenses.bpda import bpda
+from menet_jax.defenses.menet import MENet
+
+__all__ = ["DEFENSES", "Defense", "Identity", "MENet", "OnDevices", "bpda", "create",
+           "majority_vote", "names", "on_devices", "register"]

@@ -12,33 +12,42 @@ collection: pass `mutable=["batch_stats"]` when train=True.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import numpy as np
 
-from menet_jax import validation
+from menet_jax.models.classifier import Classifier
 from menet_jax.models.densenet import DenseNet
 from menet_jax.models.lenet import LeNet
 from menet_jax.models.normalize import NORMALIZATION
 from menet_jax.models.resnet import ResNet
 from menet_jax.models.small_cnn import SmallCNN
 from menet_jax.models.wide_resnet import WideResNet
+from menet_jax.utils import validation
+from menet_jax.utils.registry import Registry
 
-# name -> (class, the attributes that define the architecture).
-_MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "lenet": (LeNet, {}),
-    "resnet18": (ResNet, {"stage_sizes": (2, 2, 2, 2)}),
-    "wrn-28-10": (WideResNet, {"depth": 28, "widen_factor": 10}),
-    "wrn-34-10": (WideResNet, {"depth": 34, "widen_factor": 10}),
-    "densenet121": (DenseNet, {"block_sizes": (6, 12, 24, 16), "growth_rate": 32, "bn_size": 4}),
-    "small_cnn": (SmallCNN, {}),
-}
+MODELS = Registry("model")
+# The attributes that define each named architecture are fixed; the rest (dtype, widths of
+# the small CNN, ...) can be set by name. num_classes, mean and std come from the caller.
+_HIDDEN = ("parent", "name", "num_classes", "mean", "std")
+
+
+def register(name: str, cls: type[Classifier], **fixed) -> None:
+  """Adds a `Classifier` subclass under `name`, with `fixed` architecture attributes."""
+  MODELS.register(name, cls, fixed=fixed, hidden=_HIDDEN)
+
+
+register("lenet", LeNet)
+register("resnet18", ResNet, stage_sizes=(2, 2, 2, 2))
+register("wrn-28-10", WideResNet, depth=28, widen_factor=10)
+register("wrn-34-10", WideResNet, depth=34, widen_factor=10)
+register("densenet121", DenseNet, block_sizes=(6, 12, 24, 16), growth_rate=32, bn_size=4)
+register("small_cnn", SmallCNN)
 
 
 def names() -> tuple[str, ...]:
-  return tuple(sorted(_MODELS))
+  return MODELS.names()
 
 
 def _stats(name: str, values: Sequence[float], positive: bool) -> tuple[float, ...]:
@@ -60,7 +69,8 @@ def create(name: str, *, num_classes: int, mean: Sequence[float] | None = None,
 
   Args:
     name: one of `names()`: "densenet121", "lenet", "resnet18", "small_cnn",
-      "wrn-28-10", "wrn-34-10".
+      "wrn-28-10", "wrn-34-10", or a component string that sets free attributes,
+      "small_cnn(widths=(8, 16))".
     num_classes: number of logits, >= 2.
     mean: per-channel input mean (one value, or one per channel) in pixel units;
       None keeps the model's default (`NORMALIZATION` of its dataset: mnist for
@@ -72,21 +82,13 @@ def create(name: str, *, num_classes: int, mean: Sequence[float] | None = None,
   Returns:
     An unbound flax.linen Module; `init` / `apply` it with `train=` as a keyword.
   """
-  validation.choice("name", name, names())
-  cls, architecture = _MODELS[name]
   attributes = {"num_classes": validation.integer_in("num_classes", num_classes, 2)}
   if mean is not None:
     attributes["mean"] = _stats("mean", mean, positive=False)
   if std is not None:
     attributes["std"] = _stats("std", std, positive=True)
-  free = [f.name for f in dataclasses.fields(cls)
-          if f.name not in {"parent", "name", "num_classes", "mean", "std", *architecture}]
-  unknown = sorted(set(kwargs) - set(free))
-  if unknown:
-    raise ValueError(f"invalid arguments for model {name!r}: {', '.join(unknown)}; besides "
-                     f"num_classes, mean and std it takes {', '.join(free) or 'nothing'}")
-  return cls(**architecture, **attributes, **kwargs)
+  return MODELS.lookup(name, **kwargs)(**attributes)
 
 
-__all__ = ["NORMALIZATION", "DenseNet", "LeNet", "ResNet", "SmallCNN", "WideResNet", "create",
-           "names"]
+__all__ = ["MODELS", "NORMALIZATION", "Classifier", "DenseNet", "LeNet", "ResNet", "SmallCNN",
+           "WideResNet", "create", "names", "register"]

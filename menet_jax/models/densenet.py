@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.models import normalize
+from menet_jax.models.classifier import Classifier
 from menet_jax.models.resnet import DENSE_INIT
 
 # He initialisation, fan-in mode, as torchvision's DenseNet (nn.init.kaiming_normal_).
@@ -45,7 +46,7 @@ class Transition(nn.Module):
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-class DenseNet(nn.Module):
+class DenseNet(Classifier):
   """DenseNet-BC with the ImageNet stem, torchvision's layout.
 
   Stem: 7x7/2 conv to 2 * growth_rate channels, BN, ReLU, 3x3/2 max-pool; then
@@ -76,22 +77,11 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   mean: normalize.Stats = normalize.NORMALIZATION["tiny_imagenet"][0]
   std: normalize.Stats = normalize.NORMALIZATION["tiny_imagenet"][1]
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Logits for a batch of images.
-
-    Args:
-      x: (N, H, W, C) float32 in [0, 1], e.g. (N, 64, 64, 3); H and W at least 32.
-      train: batch statistics and running-average updates (mutable 'batch_stats')
-        if True, the running averages otherwise.
-
-    Returns:
-      (N, num_classes) float32 logits.
-    """
+  def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The network on normalised inputs, e.g. (N, 64, 64, 3); H and W at least 32."""
     norm = normalize.batch_norm(train, self.dtype)
-    x = normalize.normalize(x, self.mean, self.std).astype(self.dtype)
     x = nn.Conv(2 * self.growth_rate, (7, 7), strides=2, padding=3, use_bias=False,
                 dtype=self.dtype, kernel_init=_CONV_INIT)(x)
     x = nn.max_pool(nn.relu(norm()(x)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -103,4 +93,4 @@ class DenseNet(nn.Module):
     x = nn.relu(norm()(x))
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE_INIT)(x)
-    return logits.astype(jnp.float32)
+    return logits

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.models import normalize
+from menet_jax.models.classifier import Classifier
 
 # mnist_challenge draws every weight from a normal truncated at 2 std (std 0.1 before truncation,
 # as tf.truncated_normal) and sets every bias to 0.1, so that the ReLUs start active.
@@ -14,7 +15,7 @@ _WEIGHT_INIT = nn.initializers.truncated_normal(stddev=0.1)
 _BIAS_INIT = nn.initializers.constant(0.1)
 
 
-class LeNet(nn.Module):
+class LeNet(Classifier):
   """Two 5x5 conv + max-pool stages and a 1024-unit hidden layer.
 
   conv 32 5x5 SAME, ReLU, 2x2 max-pool, conv 64 5x5 SAME, ReLU, 2x2 max-pool,
@@ -27,29 +28,18 @@ class LeNet(nn.Module):
     mean, std: per-channel input normalisation; Madry's model has none (0, 1).
     dtype: compute dtype; parameters stay float32.
   """
-  num_classes: int = 10
   mean: normalize.Stats = normalize.NORMALIZATION["mnist"][0]
   std: normalize.Stats = normalize.NORMALIZATION["mnist"][1]
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Logits for a batch of images.
-
-    Args:
-      x: (N, H, W, C) float32 in [0, 1], e.g. (N, 28, 28, 1).
-      train: unused (no batch norm or dropout); kept for a uniform interface.
-
-    Returns:
-      (N, num_classes) float32 logits.
-    """
+  def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The network on normalised inputs, e.g. (N, 28, 28, 1)."""
     del train
     dense = lambda features: nn.Dense(features, dtype=self.dtype, kernel_init=_WEIGHT_INIT,
                                       bias_init=_BIAS_INIT)
-    x = normalize.normalize(x, self.mean, self.std).astype(self.dtype)
     for features in (32, 64):
       x = nn.Conv(features, (5, 5), padding="SAME", dtype=self.dtype, kernel_init=_WEIGHT_INIT,
                   bias_init=_BIAS_INIT)(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
     x = nn.relu(dense(1024)(x.reshape(x.shape[0], -1)))
-    return dense(self.num_classes)(x).astype(jnp.float32)
+    return dense(self.num_classes)(x)

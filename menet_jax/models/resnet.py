@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.models import normalize
+from menet_jax.models.classifier import Classifier
 
 # He initialisation, fan-out mode, as torchvision's ResNet.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -44,7 +45,7 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
   """CIFAR ResNet: 3x3 stem, stages of BasicBlocks, global average pool, dense.
 
   With stage_sizes (2, 2, 2, 2) this is ResNet-18: 11,173,962 parameters for
@@ -57,25 +58,11 @@ class ResNet(nn.Module):
     mean, std: per-channel input normalisation (default: CIFAR-10's).
     dtype: compute dtype; parameters stay float32.
   """
-  num_classes: int = 10
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
-  mean: normalize.Stats = normalize.NORMALIZATION["cifar10"][0]
-  std: normalize.Stats = normalize.NORMALIZATION["cifar10"][1]
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Logits for a batch of images.
-
-    Args:
-      x: (N, H, W, C) float32 in [0, 1], e.g. (N, 32, 32, 3).
-      train: batch statistics and running-average updates (mutable 'batch_stats')
-        if True, the running averages otherwise.
-
-    Returns:
-      (N, num_classes) float32 logits.
-    """
-    x = normalize.normalize(x, self.mean, self.std).astype(self.dtype)
+  def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The network on normalised inputs, e.g. (N, 32, 32, 3)."""
     x = nn.Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)(x)
     x = nn.relu(normalize.batch_norm(train, self.dtype)()(x))
     for stage, blocks in enumerate(self.stage_sizes):
@@ -84,4 +71,4 @@ class ResNet(nn.Module):
         x = BasicBlock(64 * 2**stage, strides, self.dtype)(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE_INIT)(x)
-    return logits.astype(jnp.float32)
+    return logits

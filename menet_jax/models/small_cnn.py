@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.models import normalize
+from menet_jax.models.classifier import Classifier
 from menet_jax.models.resnet import CONV_INIT, DENSE_INIT
 
 
@@ -26,7 +27,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Classifier):
   """Stages of 3x3 conv, batch norm, ReLU and 2x2 max-pool, then a one-hidden-layer head.
 
   The defaults (16, 32, 64 channels, 128 hidden units; 156,186 parameters on
@@ -44,26 +45,12 @@ class SmallCNN(nn.Module):
       NORMALIZATION["mnist"] for 1-channel inputs).
     dtype: compute dtype; parameters stay float32.
   """
-  num_classes: int = 10
   widths: Sequence[int] = (16, 32, 64)
   hidden: int = 128
-  mean: normalize.Stats = normalize.NORMALIZATION["cifar10"][0]
-  std: normalize.Stats = normalize.NORMALIZATION["cifar10"][1]
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Logits for a batch of images.
-
-    Args:
-      x: (N, H, W, C) float32 in [0, 1], e.g. (N, 32, 32, 3) or (N, 28, 28, 1).
-      train: batch statistics and running-average updates (mutable 'batch_stats')
-        if True, the running averages otherwise.
-
-    Returns:
-      (N, num_classes) float32 logits.
-    """
-    x = normalize.normalize(x, self.mean, self.std).astype(self.dtype)
+  def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The network on normalised inputs, e.g. (N, 32, 32, 3) or (N, 28, 28, 1)."""
     for features in self.widths:
       x = nn.Conv(features, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
                   kernel_init=CONV_INIT)(x)
@@ -72,4 +59,4 @@ class SmallCNN(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=DENSE_INIT)(x))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE_INIT)(x)
-    return logits.astype(jnp.float32)
+    return logits

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.models import normalize
+from menet_jax.models.classifier import Classifier
 from menet_jax.models.resnet import DENSE_INIT
 
 # N(0, 2 / (k * k * out_channels)) as the reference code, i.e. He initialisation in fan-out mode.
@@ -43,7 +44,7 @@ class WideBasicBlock(nn.Module):
     return conv(self.features, 1, self.strides, 0)(activated) + y
 
 
-class WideResNet(nn.Module):
+class WideResNet(Classifier):
   """WRN-depth-widen_factor for 32x32 inputs (works on any size through global pooling).
 
   WRN-28-10 has 36,479,194 and WRN-34-10 46,160,474 parameters for 10 classes
@@ -56,30 +57,16 @@ class WideResNet(nn.Module):
     mean, std: per-channel input normalisation (default: CIFAR-10's).
     dtype: compute dtype; parameters stay float32.
   """
-  num_classes: int = 10
   depth: int = 34
   widen_factor: int = 10
-  mean: normalize.Stats = normalize.NORMALIZATION["cifar10"][0]
-  std: normalize.Stats = normalize.NORMALIZATION["cifar10"][1]
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Logits for a batch of images.
-
-    Args:
-      x: (N, H, W, C) float32 in [0, 1], e.g. (N, 32, 32, 3).
-      train: batch statistics and running-average updates (mutable 'batch_stats')
-        if True, the running averages otherwise.
-
-    Returns:
-      (N, num_classes) float32 logits.
-    """
+  def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The network on normalised inputs, e.g. (N, 32, 32, 3)."""
     if self.depth < 10 or (self.depth - 4) % 6:
       raise ValueError(
           f"depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {self.depth}")
     blocks = (self.depth - 4) // 6
-    x = normalize.normalize(x, self.mean, self.std).astype(self.dtype)
     x = nn.Conv(16, (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)(x)
     for stage in range(3):
       for block in range(blocks):
@@ -88,4 +75,4 @@ class WideResNet(nn.Module):
     x = nn.relu(normalize.batch_norm(train, self.dtype)()(x))
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE_INIT)(x)
-    return logits.astype(jnp.float32)
+    return logits

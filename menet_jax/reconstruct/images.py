@@ -7,8 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from menet_jax import masks, validation
-from menet_jax.reconstruct import registry
+from menet_jax.reconstruct import masks, registry
+from menet_jax.utils import validation
 
 
 def reconstruct_images(key: jax.Array, images: jax.Array, *, method: str, p, layout: str = "concat",

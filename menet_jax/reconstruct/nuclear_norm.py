@@ -8,12 +8,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.reconstruct import iterate, spectral
 
 
-def check_params(shape: tuple[int, ...], *, mu: float = 1.0, max_iters: int = 500,
-                 tol: float = 1e-3) -> None:
+def check_params(shape: tuple[int, ...], *, mu: float, max_iters: int, tol: float) -> None:
   """Raises ValueError for parameters `nuclear_norm` cannot use."""
   del shape
   validation.number_in("mu", mu, 0.0, math.inf, lo_open=True)

@@ -1,66 +1,49 @@
-"""Reconstructors by name, so that configuration chooses the method (as big_vision's registry)."""
+"""Reconstructors by name (utils.registry), so that configuration chooses the method.
+
+A reconstructor is `fn(x, mask, *, params...) -> estimate` on (..., m, n)
+matrices; its keyword-only parameters and their defaults are declared in its
+signature and nowhere else. Each is registered with `check(shape, **params)`,
+which validates the values (ranges, a rank against the matrix size) without
+running the method; `check_params` fills in the declared defaults first.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from typing import Callable
 
 import jax
 
 from menet_jax.reconstruct import nuclear_norm, soft_impute, splic, usvt
+from menet_jax.utils.registry import Registry
 
 Reconstructor = Callable[..., jax.Array]  # (x, mask, **params) -> estimate, all (..., m, n)
 
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  fn: Reconstructor
-  check_params: Callable[..., None]  # (shape, *, param=default, ...) -> None, raises ValueError
+RECONSTRUCTORS = Registry("method")
 
 
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register(name: str, fn: Reconstructor, check_params: Callable[..., None]) -> None:
-  """Adds a reconstructor `fn(x, mask, **params)` and its parameter check under `name`.
-
-  `check_params(shape, *, param=default, ...)` takes the matrix shape and the
-  method's parameters as keyword-only arguments (their names are what
-  `reconstruct_images` accepts) and raises ValueError for unusable values.
-  """
-  if name in _REGISTRY:
-    raise ValueError(f"a reconstructor named {name!r} is already registered")
-  _REGISTRY[name] = _Entry(fn, check_params)
+def register(name: str, fn: Reconstructor, check: Callable[..., None]) -> None:
+  """Adds `fn(x, mask, *, params...)` and its check `check(shape, *, params...)` as `name`."""
+  RECONSTRUCTORS.register(name, fn, check=check)
 
 
 def names() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
-
-
-def _entry(name: str) -> _Entry:
-  if name not in _REGISTRY:
-    raise ValueError(f"method must be one of {', '.join(map(repr, names()))}; got {name!r}")
-  return _REGISTRY[name]
+  return RECONSTRUCTORS.names()
 
 
 def get(name: str) -> Reconstructor:
   """The reconstructor registered as `name`, e.g. get("usvt")(x, mask, keep=0.8)."""
-  return _entry(name).fn
+  return RECONSTRUCTORS.get(name)
 
 
-def check_params(name: str, shape: tuple[int, ...], **params) -> None:
-  """Validates `params` for method `name` on matrices of `shape` without running it."""
-  entry = _entry(name)
-  signature = inspect.signature(entry.check_params)
-  accepted = [p for p in signature.parameters.values() if p.kind == p.KEYWORD_ONLY]
-  unknown = sorted(set(params) - {p.name for p in accepted})
-  missing = [p.name for p in accepted if p.default is p.empty and p.name not in params]
-  if unknown or missing:
-    problem = f"unknown {', '.join(unknown)}" if unknown else f"missing {', '.join(missing)}"
-    raise ValueError(f"invalid parameters for method {name!r}: {problem}; it takes "
-                     f"{', '.join(p.name for p in accepted)}")
-  entry.check_params(shape, **params)
+def check_params(name: str, shape: tuple[int, ...], **params) -> dict:
+  """Validates `params` for method `name` on matrices of `shape` without running it.
+
+  Returns:
+    Every parameter of the method, with its declared default where not given.
+  """
+  name, bound = RECONSTRUCTORS.bind(name, **params)
+  RECONSTRUCTORS.entry(name).metadata["check"](shape, **bound)
+  return bound
 
 
 register("usvt", usvt.usvt, usvt.check_params)

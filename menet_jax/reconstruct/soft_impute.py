@@ -15,15 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.reconstruct import iterate, spectral
 
 # fancyimpute compares against float32 epsilon whatever the dtype.
 _F32_EPS = float(np.finfo(np.float32).eps)
 
 
-def check_params(shape: tuple[int, ...], *, shrinkage: float | None = None, max_iters: int = 100,
-                 tol: float = 1e-3) -> None:
+def check_params(shape: tuple[int, ...], *, shrinkage: float | None, max_iters: int,
+                 tol: float) -> None:
   """Raises ValueError for parameters `soft_impute` cannot use."""
   del shape
   if shrinkage is not None:

@@ -26,12 +26,13 @@ Two notes on the printed equations:
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import jax
 import jax.numpy as jnp
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.reconstruct import iterate, spectral
 
 
@@ -71,9 +72,8 @@ def total_variation_grad(x: jax.Array) -> jax.Array:
   return grad + jnp.pad(dh, pad_v + [(0, 0), (0, 1)]) - jnp.pad(dh, pad_v + [(0, 0), (1, 0)])
 
 
-def check_params(shape: tuple[int, ...], *, rank: int, lam: float = 0.02, rho: float = 0.45,
-                 step: float = 0.5, inner: int = 7, max_outer: int = 10, tol: float = 1e-3,
-                 delta0: float | None = None) -> None:
+def check_params(shape: tuple[int, ...], *, rank: int, lam: float, rho: float, step: float,
+                 inner: int, max_outer: int, tol: float, delta0: float | None) -> None:
   """Raises ValueError for parameters `splic` cannot use on matrices of `shape`."""
   validation.integer_in("rank", rank, 1, min(shape[-2:]))
   validation.number_in("lam", lam, 0.0, math.inf)
@@ -127,21 +127,23 @@ def splic(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 0.02, rho: f
   return _splic(x, mask, **params)
 
 
-def splic_alternating(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 0.02,
-                      rho: float = 0.45, step: float = 0.5, inner: int = 7, max_outer: int = 10,
-                      tol: float = 1e-3, delta0: float | None = None) -> jax.Array:
+def splic_alternating(x: jax.Array, mask: jax.Array, **params) -> jax.Array:
   """Alternated SPLIC (sec. 3.4): complete with `mask` as anchors, then swap the roles.
 
   The first pass re-estimates the entries off `mask`; the second keeps those
   estimates as anchors and re-estimates the entries on `mask`, so no input entry
   reaches the output unchanged. The paper draws `mask` with p = 0.5.
 
-  Args and returns: as `splic`.
+  Args and returns: as `splic` (its parameters and defaults, declared there).
   """
-  params = _checked_params(x, mask, rank=rank, lam=lam, rho=rho, step=step, inner=inner,
-                           max_outer=max_outer, tol=tol, delta0=delta0)
+  bound = inspect.signature(splic).bind(x, mask, **params)
+  bound.apply_defaults()
+  params = _checked_params(**bound.arguments)
   observed = jnp.asarray(mask).astype(bool)
   return _splic(_splic(x, observed, **params), ~observed, **params)
+
+
+splic_alternating.__signature__ = inspect.signature(splic)
 
 
 def _checked_params(x, mask, *, rank, lam, rho, step, inner, max_outer, tol, delta0) -> dict:

@@ -8,14 +8,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from menet_jax import validation
+from menet_jax.utils import validation
 from menet_jax.reconstruct import spectral
 
 THRESHOLDS = ("keep", "universal")
 
 
-def check_params(shape: tuple[int, ...], *, keep: float = 0.8, threshold: str = "keep",
-                 eta: float = 0.01) -> None:
+def check_params(shape: tuple[int, ...], *, keep: float, threshold: str, eta: float) -> None:
   """Raises ValueError for parameters `usvt` cannot use on matrices of `shape`."""
   validation.choice("threshold", threshold, THRESHOLDS)
   k = min(shape[-2:])

@@ -1,0 +1,306 @@
+"""The absl main of experiments/{cifar10,mnist,fashion_mnist,svhn,tiny_imagenet}.py: flags -> library.
+
+Training (--mode=vanilla|pure|adv|madry, or --defense and --objective as
+component strings): flags -> training.config.Config (Table 8 defaults for the
+dataset, then the flags given) -> checks (config, data, run directory) ->
+training.loop.train_and_evaluate. Every check runs before the run directory is
+created.
+
+Evaluation (--mode=eval): the trained run in --workdir (its config.json and
+checkpoint; the training flags of a flagfile are not used) -> the attacks of
+--attacks -> <workdir>/eval/<eval_name>.{json,npz,md}. Finished attack rows are
+kept in <workdir>/eval/<eval_name>.rows/, so the same command after a kill
+resumes where it stopped.
+
+Exit status: 2 and one `error:` line for a bad flag, a missing dataset or
+checkpoint, or a directory of another run; 1 when a sanity check of the
+evaluation failed (the report is still written) unless --allow_failed_checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging as std_logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from menet_jax import data
+from menet_jax.reconstruct import masks, registry
+from menet_jax.training import config as config_lib
+from menet_jax.training import run_dir
+from menet_jax.training.checkpoint import CheckpointMismatch
+from menet_jax.utils import parallel, validation
+
+FLAGS = flags.FLAGS
+# The dataset this entry point runs (experiments/<dataset>.py sets it).
+_ENTRY_DATASET: list[str] = []
+
+
+def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the experiment flags for the entry point of `dataset`."""
+  _ENTRY_DATASET[:] = [dataset]
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_enum("dataset", dataset, list(config_lib.DATASET_DEFAULTS),
+                    f"Dataset; this entry point runs {dataset} only.", **fv)
+  flags.DEFINE_string("workdir", None, "Run directory (created, or resumed if it holds this run).",
+                      required=True, **fv)
+  flags.DEFINE_string("data_dir", None, "Local dataset files (see menet_jax.data); "
+                      "default $MENET_DATA_DIR, then tensorflow-datasets.", **fv)
+  flags.DEFINE_string("cache_dir", None, "Cache of preprocessed training sets "
+                      "(default ~/.cache/menet_jax).", **fv)
+  flags.DEFINE_string("train_split", None, "Training split, TFDS syntax, e.g. train[:80%].", **fv)
+  flags.DEFINE_string("test_split", None, "Test split, e.g. test.", **fv)
+  flags.DEFINE_string("model", None, "Classifier, a registered name (default: Table 8).", **fv)
+  flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).", **fv)
+  flags.DEFINE_enum("mode", "pure", list(config_lib.MODES) + ["eval"],
+                    "A name for a defense and objective: vanilla, pure (ME-Net SGD), adv (ME-Net "
+                    "+ PGD), madry (PGD); eval attacks the trained run in --workdir.", **fv)
+  flags.DEFINE_string("defense", None, "Defense as a component string, e.g. "
+                      "'menet(method=usvt,keep=0.8,startp=0.4,endp=0.6,mask_num=10)' (overrides "
+                      "--mode's); with --mode=eval, the defense put in front of the trained "
+                      "classifier instead of its own.", **fv)
+  flags.DEFINE_string("objective", None, "Training objective as a component string, e.g. "
+                      "'pgd_at(eps=0.0314,step_size=0.0078,steps=7)' (overrides --mode's).", **fv)
+  flags.DEFINE_enum("me_method", "usvt", list(registry.names()), "--mode's ME method.", **fv)
+  flags.DEFINE_list("me_params", [], "ME method parameters as name=value, e.g. keep=0.8 or mu=1.",
+                    **fv)
+  flags.DEFINE_enum("layout", "concat", list(masks.LAYOUTS), "Matrix layout of the channels.",
+                    **fv)
+  flags.DEFINE_float("startp", 0.8, "First mask observation probability.", **fv)
+  flags.DEFINE_float("endp", 1.0, "Mask probabilities run from startp towards endp.", **fv)
+  flags.DEFINE_integer("mask_num", 10, "Masks (reconstructions) per training image, n.", **fv)
+  flags.DEFINE_enum("inference", "mean", ["mean", "vote"],
+                    "One mask at mean p, or a majority vote over --votes masks.", **fv)
+  flags.DEFINE_integer("votes", 10, "Masks per test image for --inference=vote.", **fv)
+  flags.DEFINE_integer("epochs", None, "Epochs (default: Table 8).", **fv)
+  flags.DEFINE_integer("batch_size", 256, "Global batch size (all devices, all hosts).", **fv)
+  flags.DEFINE_float("lr", None, "Learning rate (default: Table 8).", **fv)
+  flags.DEFINE_list("lr_boundaries", None, "Epochs at which lr is multiplied by lr_decay.", **fv)
+  flags.DEFINE_float("lr_decay", None, "Step decay factor (0.1).", **fv)
+  flags.DEFINE_float("momentum", None, "SGD momentum (0.9).", **fv)
+  flags.DEFINE_float("weight_decay", None, "L2 weight decay (1e-4, the release's).", **fv)
+  flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
+  flags.DEFINE_float("adv_eps", None, "--mode's PGD radius (default per dataset); with "
+                     "--mode=eval the default --eps.", **fv)
+  flags.DEFINE_float("adv_step", None, "--mode's PGD step size.", **fv)
+  flags.DEFINE_integer("adv_steps", None, "--mode's PGD steps (7; 40 for MNIST).", **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of every random draw of the run.", **fv)
+  flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0: every epoch).", **fv)
+  flags.DEFINE_integer("keep_checkpoints", 3, "Most recent checkpoints kept.", **fv)
+  flags.DEFINE_integer("eval_batch_size", 500, "Global evaluation batch size.", **fv)
+  flags.DEFINE_integer("log_every", 50, "Steps between metric writes.", **fv)
+  flags.DEFINE_bool("progress", True, "Progress bars on the console.", **fv)
+  flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize.",
+                    **fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).", **fv)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).", **fv)
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", **fv)
+  _define_eval_flags(fv)
+
+
+def _define_eval_flags(fv: dict[str, Any]) -> None:
+  from menet_jax.evaluation import suite  # noqa: PLC0415 - registers the attacks for --help
+
+  flags.DEFINE_string("attacks", "clean,pgd,bpda_pgd",
+                      "eval: comma-separated attacks, each name, name(k=v,...) or name@s1/s2 "
+                      "(steps); known: " + ", ".join(suite.names()), **fv)
+  flags.DEFINE_list("attack_steps", ["7", "20", "40"],
+                    "eval: steps of the iterative attacks whose entry sets none.", **fv)
+  flags.DEFINE_integer("eval_images", 1000, "eval: the first N images of the test split.", **fv)
+  flags.DEFINE_float("eps", None, "eval: l-inf radius (default: the dataset's PGD eps).", **fv)
+  flags.DEFINE_float("step_size", None, "eval: default step of the attacks (default: the "
+                     "dataset's PGD step).", **fv)
+  flags.DEFINE_integer("restarts", 1, "eval: random restarts (robust = survives all).", **fv)
+  flags.DEFINE_integer("defense_draws", 10,
+                       "eval: draws of the defense's randomness judging each example.", **fv)
+  flags.DEFINE_string("source_workdir", None,
+                      "eval: run directory of the independently trained copy (transfer_*).", **fv)
+  flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "eval: which checkpoint.", **fv)
+  flags.DEFINE_integer("eval_seed", 0, "eval: seed of the attacks and the defense's draws.", **fv)
+  flags.DEFINE_string("eval_name", "eval", "eval: report name, <workdir>/eval/<name>.md.", **fv)
+  flags.DEFINE_list("sanity_eps", ["0", "0.0078431", "0.0313725", "0.0627451", "0.5"],
+                    "eval: radii of the BPDA-PGD sanity sweep (empty: none).", **fv)
+  flags.DEFINE_integer("sanity_images", 100,
+                       "eval: images of the sanity checks (at most --eval_images are used).",
+                       **fv)
+  flags.DEFINE_bool("allow_failed_checks", False,
+                    "eval: exit 0 even when a sanity check fails (the report says so).", **fv)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+  params = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"me_params entries must be name=value, got {item!r}")
+    try:
+      params[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      raise ValueError(f"me_params: {name} must be a number or literal, got {value!r}") from None
+  return params
+
+
+def _check_dataset(dataset: str) -> None:
+  entry = _ENTRY_DATASET[0] if _ENTRY_DATASET else dataset
+  if dataset != entry:
+    raise ValueError(f"this entry point runs {entry}, but the flags ask for {dataset}; use "
+                     f"python -m experiments.{_ENTRY_MODULE.get(dataset, dataset)}")
+
+
+_ENTRY_MODULE = {"svhn_cropped": "svhn"}
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
+  """The validated Config that parsed flags describe (Table 8 defaults for unset ones)."""
+  fv = flag_values
+  fields = ("workdir", "data_dir", "cache_dir", "train_split", "test_split", "model",
+            "num_classes", "epochs", "batch_size", "lr", "lr_decay", "momentum", "weight_decay",
+            "augment", "seed", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+            "log_every", "progress")
+  values = {name: fv[name].value for name in fields}
+  if fv.lr_boundaries is not None:
+    try:
+      values["lr_boundaries"] = tuple(int(b) for b in fv.lr_boundaries if b)
+    except ValueError:
+      raise ValueError(f"lr_boundaries must be integers (epochs), got {fv.lr_boundaries}") \
+          from None
+  defense, objective = config_lib.combination(
+      fv.mode, fv.dataset, me_method=fv.me_method, me_params=_parse_params(fv.me_params),
+      layout=fv.layout, startp=fv.startp, endp=fv.endp, mask_num=fv.mask_num,
+      inference=fv.inference, votes=fv.votes, adv_eps=fv.adv_eps, adv_step=fv.adv_step,
+      adv_steps=fv.adv_steps)
+  values["defense"] = fv.defense or defense
+  values["objective"] = fv.objective or objective
+  config = config_lib.Config.for_dataset(fv.dataset, **values)
+  config.validate()
+  return config
+
+
+def _numbers(name: str, items: list[str], kind: type) -> list:
+  try:
+    return [kind(v) for v in items if v]
+  except ValueError:
+    raise ValueError(f"{name} must be {kind.__name__}s, got {items}") from None
+
+
+def run_eval() -> tuple[dict[str, Any], list[str]]:
+  """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
+  from menet_jax import evaluation  # noqa: PLC0415 - after flag parsing: keeps --help fast
+  from menet_jax.evaluation import report, suite  # noqa: PLC0415
+  from menet_jax.utils import machine  # noqa: PLC0415
+
+  if FLAGS.distributed or jax.process_count() > 1:
+    raise ValueError("--mode=eval runs in one process (on all of its local devices)")
+  steps = [validation.integer_in("attack_steps", s, 1)
+           for s in _numbers("attack_steps", FLAGS.attack_steps, int)]
+  rows = suite.parse_attacks(suite.split_list(FLAGS.attacks), steps)
+  sanity_eps = [validation.number_in("sanity_eps", e, 0.0, 1.0)
+                for e in _numbers("sanity_eps", FLAGS.sanity_eps, float)]
+  for name in ("eval_images", "sanity_images", "restarts", "defense_draws", "eval_batch_size"):
+    validation.integer_in(name, FLAGS[name].value, 1)
+  config = evaluation.read_config(FLAGS.workdir)
+  _check_dataset(config.dataset)
+  pgd = config_lib.pgd_defaults(config.dataset)
+  eps = validation.number_in("eps", FLAGS.eps if FLAGS.eps is not None else pgd["eps"], 0.0, 1.0)
+  step_size = validation.number_in(
+      "step_size", FLAGS.step_size if FLAGS.step_size is not None else pgd["step_size"], 0.0, 1.0,
+      lo_open=True)
+  overrides = {k: FLAGS[k].value for k in ("inference", "votes") if FLAGS[k].present}
+  split = FLAGS.test_split or config.test_split
+  images, labels = data.load(config.dataset, split, FLAGS.data_dir or config.data_dir)
+  n = validation.integer_in("eval_images", FLAGS.eval_images, 1, len(images))
+  images, labels = images[:n].astype(np.float32) / 255.0, labels[:n]
+  restored = evaluation.load(FLAGS.workdir, FLAGS.checkpoint,
+                             defense=FLAGS.defense if FLAGS["defense"].present else None,
+                             **overrides)
+  source = None
+  if FLAGS.source_workdir:
+    source = evaluation.load(FLAGS.source_workdir, FLAGS.checkpoint)
+    if source.config.dataset != config.dataset:
+      raise ValueError(f"source_workdir holds a {source.config.dataset} model, the target a "
+                       f"{config.dataset} one")
+  settings = {"run": str(Path(FLAGS.workdir).absolute()), "checkpoint": restored.checkpoint,
+              "split": split, "images": n, "seed": FLAGS.eval_seed, "restarts": FLAGS.restarts,
+              "draws": FLAGS.defense_draws, "batch_size": FLAGS.eval_batch_size,
+              "defense": restored.defense.spec(),
+              "source": source.checkpoint if source else None}
+  store = evaluation.RowStore(Path(FLAGS.workdir) / "eval" / f"{FLAGS.eval_name}.rows", settings)
+  record, verdicts = evaluation.evaluate(
+      restored, source, images, labels, rows=rows, eps=eps, step_size=step_size,
+      restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
+      batch_size=FLAGS.eval_batch_size, sanity_eps=sanity_eps,
+      sanity_images=min(FLAGS.sanity_images, n), store=store)
+  record.update(
+      run=str(FLAGS.workdir), checkpoint=restored.checkpoint, step=restored.step,
+      model=config.model, split=split, source=source.checkpoint if source else None,
+      machine=machine.describe(),
+      command=" ".join([f"python -m experiments.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
+      config=restored.config.to_json())
+  paths = report.write(record, verdicts, Path(FLAGS.workdir) / "eval", FLAGS.eval_name)
+  print(report.markdown(record))
+  failed = report.failed_checks(record)
+  if failed:
+    print("\n".join(["", "!" * 72, f"SANITY CHECKS FAILED ({len(failed)}): the robustness above "
+                      "may be gradient masking, not robustness.", *failed, "!" * 72]),
+          file=sys.stderr)
+  print(f"report: {paths[2]}  record: {paths[0]}  verdicts: {paths[1]}  "
+        f"({len(store.reused)} rows reused, {len(store.computed)} computed)")
+  return record, failed
+
+
+def run() -> dict[str, Any]:
+  """Builds the config from flags, checks it, and trains (or evaluates, --mode=eval)."""
+  from menet_jax.training import loop  # noqa: PLC0415 - after flag parsing: keeps --help fast
+
+  _check_dataset(FLAGS.dataset)
+  if FLAGS.mode == "eval":
+    record, failed = run_eval()
+    if failed and not FLAGS.allow_failed_checks:
+      sys.exit(1)
+    return record
+  if FLAGS.distributed:
+    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config = config_from_flags()
+  parallel.check_batch("batch_size", config.batch_size)
+  parallel.check_batch("eval_batch_size", config.eval_batch_size)
+  splits = tuple(data.load(config.dataset, split, config.data_dir)
+                 for split in (config.train_split, config.test_split))
+  chief = jax.process_index() == 0
+  if chief:
+    workdir, resumed = run_dir.prepare(config)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices("menet_jax run directory")
+  if not chief:
+    workdir, resumed = run_dir.prepare(config, create=False)
+  logging.info("%s run in %s", "resuming" if resumed else "new", workdir)
+  _, result = loop.train_and_evaluate(config, workdir, splits)
+  if chief:
+    print(json.dumps(result, indent=2, sort_keys=True))
+    print(f"results: {workdir / 'results.json'}  metrics: {workdir / 'metrics.csv'}  "
+          f"tensorboard --logdir {workdir / 'tensorboard'}")
+  return result
+
+
+class _QuietCheckpointer(std_logging.Filter):
+  """Drops orbax's INFO lines (several per save), keeps its warnings and errors."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  logging.get_absl_handler().addFilter(_QuietCheckpointer())
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    run()
+  except (ValueError, FileNotFoundError, CheckpointMismatch) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,203 @@
+"""The Defense interface: what sits between an input and the classifier.
+
+One small interface, as optax's GradientTransformation is one for optimizers:
+training, the preprocessed-set cache, the attacks, the evaluation runner, the
+sanity checks and the benchmarks use only these members, so a new defense is a
+new module that subclasses `Defense` and registers itself, and nothing else
+changes.
+
+    transform(keys, x, level) -> x      one draw of the preprocessing, per image
+    attack_view(keys, x, level) -> x    the same forward pass, with the gradient
+                                        an attacker gets (default: BPDA identity)
+    predict(network, key, x, indices)   the inference rule: one draw, or a
+                                        majority vote over `votes` draws
+    randomized, preprocesses            whether draws differ; whether it does anything
+    train_levels, test_level            the levels of training and test draws
+    check(image_shape), describe()      validation against a data shape; JSON
+
+Shapes: keys (B,) typed PRNG keys, one per image; x (B, H, W, C) float in
+[0, 1]; level (B,) float32, the per-image setting of a draw (ME-Net: the
+observation probability p; defenses without one ignore it).
+
+Randomness is per image: the keys of image j come from its index in its split,
+never from its batch or device (`inference_keys`), so a verdict does not
+depend on the batch size or the device count.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from menet_jax.defenses.bpda import bpda
+from menet_jax.utils import parallel
+from menet_jax.utils.registry import Registry, format_spec
+
+DEFENSES = Registry("defense")
+Network = Callable[[jax.Array], jax.Array]  # x (B, H, W, C) -> logits (B, classes)
+
+
+class Defense(abc.ABC):
+  """Base class of every defense; subclasses are frozen dataclasses (static under jit)."""
+
+  #: Draws differ from one key to the next (the attacker needs EOT, the judge several draws).
+  randomized: bool = False
+  #: The defense changes its input (False only for `Identity`: nothing to cache or draw).
+  preprocesses: bool = True
+  #: Draws per prediction: 1 is one draw, k > 1 a majority vote over k draws.
+  votes: int = 1
+
+  @abc.abstractmethod
+  def transform(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
+    """One draw of the preprocessing: keys (B,), x (B, H, W, C), level (B,) -> (B, H, W, C)."""
+
+  def attack_view(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
+    """`transform` with the gradient an attacker differentiates: BPDA's identity by default.
+
+    A defense that offers a better approximation (a differentiable surrogate)
+    overrides this; the forward pass must stay `transform`'s.
+    """
+    return _bpda_transform(self)(x, keys, level)
+
+  @property
+  def train_levels(self) -> np.ndarray:
+    """(n,) levels of the training draws: n draws per image per epoch (ME-Net: p_1..p_n)."""
+    return np.ones(1)
+
+  @property
+  def test_level(self) -> float:
+    """The level of a test-time draw (ME-Net: mean(p_i))."""
+    return 1.0
+
+  def check(self, image_shape: tuple[int, int, int]) -> None:
+    """Raises ValueError if the defense cannot run on images of (H, W, C) `image_shape`."""
+
+  def describe(self) -> dict[str, Any]:
+    """A JSON-serialisable description, for manifests and reports."""
+    return {"defense": type(self).__name__}
+
+  def spec(self) -> str:
+    """The component string that creates this defense, every parameter written out.
+
+    Default: the registered name of the class with its dataclass fields.
+    """
+    name = next(n for n in DEFENSES.names() if DEFENSES.get(n) is type(self))
+    return format_spec(name, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+  def inference_keys(self, key: jax.Array, indices: jax.Array) -> jax.Array:
+    """(votes, B) per-image keys of one prediction, tied to each image's index in its split."""
+    indices = jnp.asarray(indices)
+    per_vote = jax.vmap(lambda v: jax.random.fold_in(key, v))(jnp.arange(self.votes))
+    return jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(indices))(per_vote)
+
+  def predict(self, network: Network, key: jax.Array, x: jax.Array, indices: jax.Array
+              ) -> jax.Array:
+    """(B,) int32 labels under the inference rule: one draw at `test_level`, or the majority
+    vote over `votes` draws; image j's draws depend on (key, j) only."""
+    keys = self.inference_keys(key, indices)
+    level = jnp.full(x.shape[:1], self.test_level, jnp.float32)
+    logits = jax.lax.map(lambda k: network(self.transform(k, x, level)), keys)
+    if self.votes > 1:
+      return majority_vote(logits)
+    return jnp.argmax(logits[0], -1).astype(jnp.int32)
+
+
+def _bpda_transform(defense: Defense) -> Callable[..., jax.Array]:
+  """defense.transform as f(x, keys, level), run forward, differentiated as the identity."""
+  return bpda(lambda x, keys, level: defense.transform(keys, x, level))
+
+
+@DEFENSES.register("identity")
+@dataclasses.dataclass(frozen=True)
+class Identity(Defense):
+  """No defense: the classifier sees its input. Lets callers treat every model alike."""
+
+  preprocesses = False
+
+  def transform(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
+    return x
+
+  def attack_view(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
+    return x
+
+  def describe(self) -> dict[str, Any]:
+    return {"defense": "identity"}
+
+  def spec(self) -> str:
+    return "identity"
+
+
+def majority_vote(logits: jax.Array) -> jax.Array:
+  """Majority vote over predicted labels (ME-Net, Appendix J); ties go to the smaller label.
+
+  Args:
+    logits: (k, B, classes) logits of k randomized predictions per image.
+
+  Returns:
+    (B,) int32 labels.
+  """
+  votes = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.int32).sum(0)
+  return jnp.argmax(votes, -1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnDevices(Defense):
+  """`inner` with its transform run by each device on its slice of the batch (shard_map).
+
+  Per-image draws involve no cross-image work, so splitting them changes nothing
+  but where they run; the iterative solvers' loops then stay on one device
+  instead of being partitioned by XLA. Everything else is `inner`'s.
+  """
+  inner: Defense
+  mesh: Mesh
+
+  def transform(self, keys, x, level):
+    return parallel.per_device(self.inner.transform, self.mesh, split=(True, True, True))(
+        keys, x, level)
+
+  def attack_view(self, keys, x, level):
+    if type(self.inner).attack_view is Defense.attack_view:
+      return _bpda_transform(self)(x, keys, level)
+    return self.inner.attack_view(keys, x, level)
+
+  randomized = property(lambda self: self.inner.randomized)
+  preprocesses = property(lambda self: self.inner.preprocesses)
+  votes = property(lambda self: self.inner.votes)
+  train_levels = property(lambda self: self.inner.train_levels)
+  test_level = property(lambda self: self.inner.test_level)
+
+  def check(self, image_shape):
+    self.inner.check(image_shape)
+
+  def describe(self):
+    return self.inner.describe()
+
+  def spec(self):
+    return self.inner.spec()
+
+
+def on_devices(defense: Defense, mesh: Mesh) -> Defense:
+  """`defense` whose draws run per device over `mesh` (itself when the mesh has one device)."""
+  if mesh.size == 1 or not defense.preprocesses:
+    return defense
+  return OnDevices(defense, mesh)
+
+
+def create(spec: str, **overrides: Any) -> Defense:
+  """The defense a component string names, e.g. create("menet(method=usvt, startp=0.4)")."""
+  return DEFENSES.create(spec, **overrides)
+
+
+def names() -> tuple[str, ...]:
+  return DEFENSES.names()
+
+
+def register(name: str, **metadata: Any):
+  """Class decorator: registers a `Defense` subclass under `name`."""
+  return DEFENSES.register(name, **metadata)

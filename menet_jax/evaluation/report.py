@@ -1,0 +1,132 @@
+"""Evaluation reports: a JSON record, the per-image verdicts, and a markdown table shaped
+like the paper's, with the worst case over attacks per image."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from menet_jax.utils.atomic_write import atomic_write
+
+WORST_CASE = "worst case"
+
+
+def _label(row: dict[str, Any]) -> str:
+  if "label" in row:
+    return row["label"]
+  # Records written before rows carried labels (docs/eval of issue 4).
+  return row["attack"] if row["steps"] is None else f"{row['attack']}-{row['steps']}"
+
+
+def markdown(record: dict[str, Any]) -> str:
+  """The report: the paper-shaped one-row table, the detailed table, the checks."""
+  rows = record["results"]
+  defense = record["defense"]
+  worst = record["worst_case"]
+  lines = [f"# Evaluation of `{record['run']}`", "",
+           f"- checkpoint: `{record['checkpoint']}` (step {record['step']})",
+           f"- model: {record['model']}; defense: {json.dumps(defense, sort_keys=True)}",
+           f"- images: {record['images']} ({record['split']}, the first {record['images']}); "
+           f"seed {record['seed']}; restarts {record['restarts']}; "
+           f"judged under {record['draws']} draws of the defense's randomness",
+           f"- eps {record['eps']:.6g} ({record['eps'] * 255:.4g}/255), default step "
+           f"{record['step_size']:.6g}",
+           f"- source (transfer): {record['source'] or 'none'}",
+           f"- machine: {record['machine']}; wall time {record['wall_s']:.1f} s",
+           f"- command: `{record['command']}`", "",
+           "| " + " | ".join([*(_label(r) for r in rows), WORST_CASE]) + " |",
+           "|" + "---|" * (len(rows) + 1),
+           "| " + " | ".join(f"{r['accuracy']:.1%}" for r in [*rows, worst]) + " |", "",
+           "| attack | threat model | steps | accuracy | mean over draws | robust in all draws "
+           "| max l-inf | wall s |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| `{r['spec']}` | {r['threat']} | {r['steps'] or ''} | {r['accuracy']:.2%} | "
+                 f"{r['mean_over_draws']:.2%} | {r['robust_all_draws']:.2%} | "
+                 f"{r['max_linf'] * 255:.3g}/255 | {r['wall_s']:.1f} |")
+  lines.append(f"| **{WORST_CASE}** (robust only if every attack above failed) | | | "
+               f"{worst['accuracy']:.2%} | {worst['mean_over_draws']:.2%} | "
+               f"{worst['robust_all_draws']:.2%} | | |")
+  sanity = record["sanity"]
+  failed = [c for c in sanity["checks"] if not c["passed"]]
+  lines += ["", "## Sanity checks (gradient masking)", ""]
+  if failed:
+    lines.append(f"**{len(failed)} CHECK(S) FAILED: the numbers above may overstate robustness.**")
+    lines.append("")
+  for c in sanity["checks"]:
+    lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} {c['name']}: {c['detail']}")
+  sweep = sanity["eps_sweep"]
+  if sweep["accuracy"]:
+    lines += ["", f"BPDA-PGD-{sweep['steps']} on the first {sweep['images']} images:", "",
+              "| eps | " + " | ".join(f"{a['eps'] * 255:.4g}/255" for a in sweep["accuracy"])
+              + " |", "|---|" + "---|" * len(sweep["accuracy"]),
+              "| accuracy | " + " | ".join(f"{a['accuracy']:.1%}" for a in sweep["accuracy"])
+              + " |"]
+  lines += ["", "Attacks:", ""]
+  for name in dict.fromkeys(r["attack"] for r in rows):
+    lines.append(f"- `{name}`: " + next(r["description"] for r in rows if r["attack"] == name))
+  return "\n".join(lines) + "\n"
+
+
+def write(record: dict[str, Any], verdicts: dict[str, np.ndarray], directory: str | Path,
+          name: str) -> tuple[Path, Path, Path]:
+  """Writes name.json, name.npz (per-image verdicts) and name.md into directory (atomically).
+
+  name.npz holds, for every row's canonical attack string and "worst_case", a
+  (draws, N) bool array: image j classified correctly under draw d.
+
+  Returns:
+    The paths of the JSON record, the verdicts and the markdown report.
+  """
+  directory = Path(directory)
+  paths = directory / f"{name}.json", directory / f"{name}.npz", directory / f"{name}.md"
+  with atomic_write(paths[0]) as tmp:
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+  buffer = io.BytesIO()
+  np.savez(buffer, **verdicts)
+  with atomic_write(paths[1]) as tmp:
+    tmp.write_bytes(buffer.getvalue())
+  with atomic_write(paths[2]) as tmp:
+    tmp.write_text(markdown(record))
+  return paths
+
+
+def failed_checks(record: dict[str, Any]) -> list[str]:
+  return [f"{c['name']}: {c['detail']}" for c in record["sanity"]["checks"] if not c["passed"]]
+
+
+def combined(records: list[dict[str, Any]]) -> str:
+  """One markdown table over several evaluations: a row per run, a column per attack-steps.
+
+  The columns are the union of the runs' attacks in order of first appearance;
+  a run that did not run an attack shows "—". Each cell is the accuracy, with
+  the fraction robust in all draws in brackets where it differs.
+  """
+  columns = list(dict.fromkeys(_label(r) for rec in records for r in rec["results"]))
+  columns.append(WORST_CASE)
+  lines = ["| run | defense | images | " + " | ".join(columns) + " | sanity |",
+           "|---|---|---|" + "---|" * len(columns) + "---|"]
+  for rec in records:
+    cells = {_label(r): r for r in rec["results"]}
+    if "worst_case" in rec:  # absent from records written before per-image verdicts were kept
+      cells[WORST_CASE] = rec["worst_case"]
+    d = rec["defense"] or {}
+    defense = (f"{d['method']} p {d['startp']:g}→{d['endp']:g}, {d['inference']} p {d['mean_p']:.3g}"
+               if "method" in d else d.get("defense", "none"))
+    values = []
+    for c in columns:
+      r = cells.get(c)
+      if r is None:
+        values.append("—")
+      elif abs(r["robust_all_draws"] - r["accuracy"]) > 1e-12:
+        values.append(f"{r['accuracy']:.1%} ({r['robust_all_draws']:.1%})")
+      else:
+        values.append(f"{r['accuracy']:.1%}")
+    failed = len(failed_checks(rec))
+    lines.append(f"| {Path(rec['run']).name} | {defense} | {rec['images']} | " + " | ".join(values)
+                 + f" | {'all passed' if not failed else f'**{failed} failed**'} |")
+  return "\n".join(lines) + "\n"

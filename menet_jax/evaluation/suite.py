@@ -1,0 +1,298 @@
+"""The named attacks of the evaluation runner, each a complete threat model.
+
+An attack here says what the attacker knows (nothing but a copy, the network,
+the whole pipeline, scores, decisions), which loss it ascends and through what.
+Attacks are registered components (utils.registry) with their parameters in
+their signature, so a command line names them with their budgets:
+
+    --attacks="clean,pgd@7/20,bpda_eot(steps=200,samples=40,step_size=0.000784),spsa(samples=2048)"
+
+Every attack is `fn(ctx, key, x, y, *, params...) -> x_adv` on a batch x:
+(B, H, W, C) in [0, 1], labels y: (B,). `ctx` (`Context`) carries the target,
+its defense and the threat model's radius. A step size of None is the runner's
+default step. For an undefended target (the identity defense) the BPDA attacks
+are plain white-box attacks and gray-box is white-box.
+
+Each registration records its threat model (`Threat`): the sanity checks
+order attacks by it (more knowledge must not leave higher accuracy), never by
+their names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from menet_jax import attacks
+from menet_jax.defenses import Defense
+from menet_jax.utils.registry import Registry, format_spec, parse
+
+Logits = Callable[[jax.Array], jax.Array]
+RandomLogits = Callable[[jax.Array, jax.Array], jax.Array]
+
+ATTACKS = Registry("attack")
+KNOWLEDGE = {"none": 0, "transfer": 1, "score-based": 1, "decision-based": 1, "gray-box": 2,
+             "white-box": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Threat:
+  """What an attack knows and does.
+
+  Attributes:
+    access: "none", "transfer", "gray-box" (the network without the defense),
+      "white-box" (the whole pipeline), "score-based" or "decision-based".
+    method: the optimiser ("pgd", "apgd", "fgsm", "spsa", "boundary", ...).
+    loss: what it ascends ("cross_entropy", "cw", "dlr", "margin", "decision").
+    iterative: takes the runner's step counts (--attack_steps) for `steps`.
+    random: its result depends on the key (restarts make sense).
+    needs_source: needs the independently trained copy.
+  """
+  access: str
+  method: str = "none"
+  loss: str = "none"
+  iterative: bool = False
+  random: bool = False
+  needs_source: bool = False
+
+  def knowledge(self, params: dict[str, Any], randomized: bool) -> int:
+    """Rank of what the attacker knows: transfer < gray-box < white-box < white-box that
+    averages several draws of a randomized defense (EOT)."""
+    eot = randomized and params.get("samples", 1) > 1 and self.access == "white-box"
+    return KNOWLEDGE[self.access] + int(eot)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What an attack may use; which of it an attack does use is its threat model.
+
+  Attributes:
+    network: x -> logits of the target's network alone (no defense).
+    defended: (x, key) -> logits of the whole target under one draw of its defense.
+    through: like `defended`, with the gradient of the defense's attack view (BPDA).
+    preprocess: (x, key) -> the defended input under one draw (x for the identity).
+    source: x -> logits of the independently trained copy (transfer attacks), or None.
+    defense: the target's defense.
+    eps: l-inf radius of the threat model.
+    step_size: the default step of the iterative attacks.
+  """
+  network: Logits
+  defended: RandomLogits
+  through: RandomLogits
+  preprocess: Callable[[jax.Array, jax.Array], jax.Array]
+  source: Logits | None
+  defense: Defense
+  eps: float
+  step_size: float
+
+  def step(self, step_size: float | None) -> float:
+    return self.step_size if step_size is None else step_size
+
+
+def register(name: str, *, threat: Threat, description: str):
+  """Decorator: registers `fn(ctx, key, x, y, *, params...)` as attack `name`."""
+  return ATTACKS.register(name, threat=threat, description=description)
+
+
+def threat(name: str) -> Threat:
+  return ATTACKS.entry(name).metadata["threat"]
+
+
+def description(name: str) -> str:
+  return ATTACKS.entry(name).metadata["description"]
+
+
+def names() -> tuple[str, ...]:
+  return ATTACKS.names()
+
+
+def split_list(text: str) -> list[str]:
+  """Splits a comma-separated list of components at the commas outside parentheses."""
+  parts, depth, current = [], 0, []
+  for ch in text:
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if ch == "," and depth == 0:
+      parts.append("".join(current).strip())
+      current = []
+    else:
+      current.append(ch)
+  parts.append("".join(current).strip())
+  return [p for p in parts if p]
+
+
+def parse_attacks(entries: list[str], default_steps: list[int]) -> list[str]:
+  """Attack entries -> the canonical component string of every row, validated before any work.
+
+  An entry is a component string ("bpda_eot(steps=200, samples=40)") or the
+  shorthand name@s1/s2 for steps=s1 and steps=s2. An iterative attack whose
+  entry sets no steps runs at each of `default_steps`.
+  """
+  rows = []
+  for entry in entries:
+    spec, _, steps_text = entry.partition("@")
+    name, given = parse(spec)
+    t = threat(name)
+    if steps_text:
+      if "steps" not in [p.name for p in ATTACKS.entry(name).parameters] or not t.iterative:
+        raise ValueError(f"attack {name!r} does not take the runner's steps (set its budget "
+                         f"in its arguments), got {entry!r}")
+      try:
+        steps = [int(s) for s in steps_text.split("/")]
+      except ValueError:
+        raise ValueError(f"steps in {entry!r} must be integers, e.g. pgd@7/20/40") from None
+    elif t.iterative and "steps" not in given:
+      steps = list(default_steps)
+    else:
+      steps = [None]
+    for s in steps:
+      rows.append(format_spec(*(ATTACKS.bind(spec) if s is None else ATTACKS.bind(spec, steps=s))))
+  if not rows:
+    raise ValueError("attacks must name at least one attack")
+  return rows
+
+
+def _positive_steps(steps: int) -> int:
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+  return steps
+
+
+def _on(logits_fn: Logits, loss, y):
+  return lambda xa, t: loss(logits_fn(xa), y)
+
+
+def _fresh(random_logits: RandomLogits, loss, y, key):
+  """Loss under a fresh draw of the defense at every step t."""
+  return attacks.fresh_draws(lambda xa, k: loss(random_logits(xa, k), y), key)
+
+
+def _cw(kappa: float):
+  return lambda logits, y: attacks.cw_margin(logits, y, kappa)
+
+
+@register("clean", threat=Threat("none"), description="the unperturbed test images")
+def _clean(ctx, key, x, y):
+  return x
+
+
+# Attacks on a network alone: white-box for an undefended model, gray-box for a defended one
+# (the attacker has the trained network, not the defense), transfer when the network is the
+# independently trained copy.
+def _network_attacks(prefix: str, access: str, logits_of: Callable[[Context], Logits],
+                     where: str) -> None:
+  source = access == "transfer"
+
+  @register(f"{prefix}fgsm", threat=Threat(access, "fgsm", "cross_entropy", needs_source=source),
+            description=f"FGSM on {where}")
+  def _fgsm(ctx, key, x, y):
+    return attacks.fgsm(_on(logits_of(ctx), attacks.cross_entropy, y), x, eps=ctx.eps)
+
+  @register(f"{prefix}pgd", threat=Threat(access, "pgd", "cross_entropy", iterative=True,
+                                          random=True, needs_source=source),
+            description=f"PGD (cross-entropy) on {where}")
+  def _pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
+    return attacks.pgd(_on(logits_of(ctx), attacks.cross_entropy, y), key, x, eps=ctx.eps,
+                       step_size=ctx.step(step_size), steps=_positive_steps(steps))
+
+  def cw_attack(kappa: float):
+    def _cw_attack(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
+      return attacks.pgd(_on(logits_of(ctx), _cw(kappa), y), key, x, eps=ctx.eps,
+                         step_size=ctx.step(step_size), steps=_positive_steps(steps))
+    return _cw_attack
+
+  for kappa in (20, 50):
+    register(f"{prefix}cw{kappa}", threat=Threat(access, "pgd", f"cw{kappa}", iterative=True,
+                                                 random=True, needs_source=source),
+             description=f"PGD on the CW margin loss, kappa = {kappa}, on {where}")(
+                 cw_attack(kappa))
+
+
+_network_attacks("", "gray-box", lambda ctx: ctx.network,
+                 "the target's network without its defense")
+_network_attacks("transfer_", "transfer", lambda ctx: ctx.source, "the independently trained copy")
+
+
+@register("bpda_pgd", threat=Threat("white-box", "pgd", "cross_entropy", iterative=True,
+                                    random=True),
+          description="PGD through the defense, BPDA identity backward, a fresh draw per step")
+def _bpda_pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
+  k_start, k_draws = jax.random.split(key)
+  return attacks.pgd(_fresh(ctx.through, attacks.cross_entropy, y, k_draws), k_start, x,
+                     eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps))
+
+
+@register("bpda_eot", threat=Threat("white-box", "pgd", "cross_entropy", iterative=True,
+                                    random=True),
+          description="BPDA-PGD with EOT: each step averages `samples` draws (one for a "
+                      "deterministic defense); keeps the iterate with the highest average loss")
+def _bpda_eot(ctx, key, x, y, *, steps: int = 20, samples: int = 40,
+              step_size: float | None = None, chunk: int = 8):
+  k_start, k_draws = jax.random.split(key)
+  samples = samples if ctx.defense.randomized else 1
+  loss = attacks.eot(lambda xa, k: attacks.cross_entropy(ctx.through(xa, k), y), k_draws,
+                     samples, chunk=min(chunk, samples))
+  return attacks.pgd(loss, k_start, x, eps=ctx.eps, step_size=ctx.step(step_size),
+                     steps=_positive_steps(steps), keep_best=True)
+
+
+def _apgd(loss):
+  def run(ctx, key, x, y, *, steps: int = 20, samples: int = 1, chunk: int = 8):
+    k_start, k_draws = jax.random.split(key)
+    samples = samples if ctx.defense.randomized else 1
+    averaged = attacks.eot(lambda xa, k: loss(ctx.through(xa, k), y), k_draws, samples,
+                           chunk=min(chunk, samples))
+    return attacks.apgd(averaged, k_start, x, eps=ctx.eps, steps=_positive_steps(steps))
+  return run
+
+
+register("apgd_ce", threat=Threat("white-box", "apgd", "cross_entropy", iterative=True,
+                                  random=True),
+         description="APGD on cross-entropy through the defense (BPDA, `samples` draws per "
+                     "step)")(_apgd(attacks.cross_entropy))
+register("apgd_dlr", threat=Threat("white-box", "apgd", "dlr", iterative=True, random=True),
+         description="APGD on the DLR loss through the defense (BPDA, `samples` draws per "
+                     "step)")(_apgd(attacks.dlr))
+
+
+@register("approx_input", threat=Threat("white-box", "approx_input", "cross_entropy",
+                                        iterative=True, random=True),
+          description="ME-Net 3.4 approximate-input attack: BPDA-PGD started from the "
+                      "defended image, projected onto the eps-ball")
+def _approx_input(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
+  k_pre, k_draws = jax.random.split(key)
+  return attacks.pgd(_fresh(ctx.through, attacks.cross_entropy, y, k_draws), k_pre, x,
+                     eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps),
+                     start=ctx.preprocess(x, k_pre))
+
+
+@register("projected_bpda", threat=Threat("white-box", "projected_pgd", "cross_entropy",
+                                          iterative=True, random=True),
+          description="ME-Net 3.4 projected BPDA: the BPDA gradient projected onto the top "
+                      "`rank` singular vectors of the clean image (in the defense's layout)")
+def _projected_bpda(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None,
+                    rank: int = 5):
+  layout = getattr(ctx.defense, "layout", "concat")
+  return attacks.projected_pgd(_fresh(ctx.through, attacks.cross_entropy, y, key), x,
+                               eps=ctx.eps, step_size=ctx.step(step_size),
+                               steps=_positive_steps(steps), rank=rank, layout=layout)
+
+
+@register("spsa", threat=Threat("score-based", "spsa", "margin", random=True),
+          description="SPSA on the margin loss of the defended scores (`samples` directions, "
+                      "`steps` Adam steps)")
+def _spsa(ctx, key, x, y, *, samples: int = 2048, steps: int = 100, lr: float = 0.01,
+          delta: float = 0.01):
+  return attacks.spsa(lambda xa, k: attacks.margin(ctx.defended(xa, k), y), key, x, eps=ctx.eps,
+                      steps=steps, samples=samples, lr=lr, delta=delta)
+
+
+@register("boundary", threat=Threat("decision-based", "boundary", "decision", random=True),
+          description="Boundary attack on the defended decisions (`steps` proposals), its "
+                      "l2-minimal point projected onto the eps-ball")
+def _boundary(ctx, key, x, y, *, steps: int = 1000):
+  wrong = lambda xa, k: jnp.argmax(ctx.defended(xa, k), -1) != y
+  x_b, _ = attacks.boundary(wrong, key, x, steps=steps)
+  return attacks.project_linf(x_b, x, ctx.eps)

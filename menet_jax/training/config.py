@@ -1,0 +1,249 @@
+"""The configuration of a training run, and the paper's defaults per dataset (Table 8).
+
+A `Config` is plain data: flags (experiments/) or code build one, `validate`
+checks it before anything is created on disk, and the run directory stores it
+as JSON so that a restart can prove it is the same run.
+
+What the run trains is two independent choices, each a component string:
+
+    defense     what sits in front of the classifier (`menet_jax.defenses`):
+                "identity", "menet(method=usvt, keep=0.8, startp=0.4, endp=0.6, mask_num=10)"
+    objective   how the classifier is trained (`menet_jax.training.objectives`):
+                "standard", "pgd_at(eps=0.0314, step_size=0.0078, steps=7)"
+
+Both are stored with every parameter written out, so that a default spelled
+out and a default left implicit are the same run. The paper's four modes are
+names for four combinations (`combination`): vanilla = identity + standard,
+pure = menet + standard (on cached draws, Algorithm 1), adv = menet + pgd_at,
+madry = identity + pgd_at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from menet_jax import data, defenses, models
+from menet_jax.training import objectives
+from menet_jax.utils import validation
+from menet_jax.utils.registry import format_spec
+
+MODES = ("vanilla", "pure", "adv", "madry")
+
+# Table 8 of the paper (model, epochs, lr, lr decay epochs, augmentation) and the PGD of
+# Section 3.3 for adversarial training and as the evaluation's default threat; weight decay
+# 1e-4 and batch 256 are the release's train_pure.py / train_adv.py defaults.
+_CIFAR_PGD = dict(eps=8 / 255, step_size=2 / 255, steps=7)
+_MNIST_PGD = dict(eps=0.3, step_size=0.01, steps=40)
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(model="resnet18", epochs=200, lr=0.1, lr_boundaries=(100, 150), augment=True,
+                    num_classes=10, pgd=_CIFAR_PGD),
+    "svhn_cropped": dict(model="resnet18", epochs=200, lr=0.01, lr_boundaries=(100, 150),
+                         augment=True, num_classes=10, pgd=_CIFAR_PGD),
+    "mnist": dict(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150), augment=False,
+                  num_classes=10, pgd=_MNIST_PGD),
+    "fashion_mnist": dict(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150),
+                          augment=False, num_classes=10, pgd=_MNIST_PGD),
+    "tiny_imagenet": dict(model="densenet121", epochs=90, lr=0.1, lr_boundaries=(30, 60),
+                          augment=True, num_classes=200, pgd=_CIFAR_PGD),
+}
+TEST_SPLIT = {"tiny_imagenet": "validation"}
+
+# Fields that say where things are or how the run is shown, not what is computed:
+# a restarted run may change them.
+RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "eval_batch_size")
+
+
+def pgd_defaults(dataset: str) -> dict[str, float]:
+  """The dataset's PGD: eps, step_size and steps (Section 3.3 of the paper)."""
+  validation.choice("dataset", dataset, tuple(DATASET_DEFAULTS))
+  return dict(DATASET_DEFAULTS[dataset]["pgd"])
+
+
+def combination(mode: str, dataset: str, *, me_method: str = "usvt",
+                me_params: dict[str, Any] | None = None, layout: str = "concat",
+                startp: float = 0.8, endp: float = 1.0, mask_num: int = 10,
+                inference: str = "mean", votes: int = 10, adv_eps: float | None = None,
+                adv_step: float | None = None, adv_steps: int | None = None) -> tuple[str, str]:
+  """(defense, objective) component strings of one of the paper's modes.
+
+  Args:
+    mode: "vanilla", "pure", "adv" or "madry".
+    dataset: sets the PGD of adv and madry where adv_* are None (`pgd_defaults`).
+    me_method, me_params, layout, startp, endp, mask_num, inference, votes: the
+      ME-Net defense of pure and adv.
+    adv_eps, adv_step, adv_steps: PGD of adv and madry training.
+  """
+  validation.choice("mode", mode, MODES)
+  defense = "identity"
+  if mode in ("pure", "adv"):
+    votes_arg = {"votes": votes} if inference == "vote" else {}
+    defense = format_spec("menet", dict(me_params or {}, method=me_method, layout=layout,
+                                        startp=startp, endp=endp, mask_num=mask_num,
+                                        inference=inference, **votes_arg))
+  objective = "standard"
+  if mode in ("adv", "madry"):
+    pgd = pgd_defaults(dataset)
+    given = dict(eps=adv_eps, step_size=adv_step, steps=adv_steps)
+    pgd.update({k: v for k, v in given.items() if v is not None})
+    objective = format_spec("pgd_at", pgd)
+  return defense, objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines a training run.
+
+  Attributes (units in brackets):
+    dataset: one of menet_jax.data.DATASETS.
+    train_split, test_split: TFDS-style splits, e.g. "train", "test[:8000]".
+    model: a registered classifier (menet_jax.models), e.g. "resnet18".
+    defense: component string of the defense (menet_jax.defenses).
+    objective: component string of the training objective (training.objectives).
+    epochs, batch_size [global images], lr, lr_boundaries [epochs], lr_decay,
+      momentum, weight_decay, augment: optimisation (Table 8).
+    num_classes: logits of the classifier.
+    seed: every random draw of the run derives from it.
+    checkpoint_every [steps, 0 = once per epoch], keep_checkpoints.
+    eval_batch_size, log_every, progress, workdir, data_dir, cache_dir: where
+      and how (RUNTIME_FIELDS; a resumed run may change them).
+  """
+  dataset: str
+  workdir: str
+  data_dir: str | None = None
+  cache_dir: str | None = None
+  train_split: str = "train"
+  test_split: str = "test"
+  model: str = "resnet18"
+  defense: str = "identity"
+  objective: str = "standard"
+  epochs: int = 200
+  batch_size: int = 256
+  lr: float = 0.1
+  lr_boundaries: tuple[int, ...] = (100, 150)
+  lr_decay: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  augment: bool = True
+  num_classes: int = 10
+  seed: int = 0
+  checkpoint_every: int = 0
+  keep_checkpoints: int = 3
+  eval_batch_size: int = 500
+  log_every: int = 50
+  progress: bool = True
+
+  def __post_init__(self):
+    # The stored form writes every parameter out, so that equal runs compare equal.
+    object.__setattr__(self, "defense", defenses.create(self.defense).spec())
+    object.__setattr__(self, "objective", objectives.create(self.objective).spec())
+    object.__setattr__(self, "lr_boundaries", tuple(self.lr_boundaries))
+
+  @classmethod
+  def for_dataset(cls, dataset: str, *, mode: str | None = None, **overrides) -> "Config":
+    """Table 8 defaults for `dataset`, then `overrides` (None values are ignored).
+
+    `mode` (with the `combination` arguments among `overrides`: me_method,
+    me_params, layout, startp, endp, mask_num, inference, votes, adv_eps,
+    adv_step, adv_steps) sets defense and objective unless those are given.
+    """
+    validation.choice("dataset", dataset, tuple(DATASET_DEFAULTS))
+    values = {k: v for k, v in DATASET_DEFAULTS[dataset].items() if k != "pgd"}
+    values["test_split"] = TEST_SPLIT.get(dataset, "test")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    combo_args = {k: overrides.pop(k) for k in list(overrides)
+                  if k in _COMBINATION_ARGS}
+    if mode is not None:
+      defense, objective = combination(mode, dataset, **combo_args)
+      values.update(defense=defense, objective=objective)
+    elif combo_args:
+      raise ValueError(f"{sorted(combo_args)} only apply with a mode; set defense and objective "
+                       "instead")
+    values.update(overrides)
+    return cls(dataset=dataset, **values)
+
+  @property
+  def mode(self) -> str:
+    """The paper's name for this defense and objective, or "custom"."""
+    menet = self.defense.startswith("menet(")
+    pgd = self.objective.startswith("pgd_at(")
+    if self.defense == "identity" or menet:
+      if self.objective == "standard":
+        return "pure" if menet else "vanilla"
+      if pgd:
+        return "adv" if menet else "madry"
+    return "custom"
+
+  def image_shape(self) -> tuple[int, int, int]:
+    return data.IMAGE_SHAPES[self.dataset]
+
+  def to_json(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["lr_boundaries"] = list(self.lr_boundaries)
+    return out
+
+  @classmethod
+  def from_json(cls, values: dict[str, Any]) -> "Config":
+    """The inverse of `to_json`; also reads the config.json of runs written before defense and
+    objective were separate fields (mode, me_method, ..., adv_steps)."""
+    values = _from_legacy(dict(values))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f"unknown config fields {unknown}")
+    values["lr_boundaries"] = tuple(values.get("lr_boundaries", ()))
+    return cls(**values)
+
+  def identity(self) -> dict[str, Any]:
+    """The fields that define what the run computes (all but RUNTIME_FIELDS)."""
+    return {k: v for k, v in self.to_json().items() if k not in RUNTIME_FIELDS}
+
+  @staticmethod
+  def identity_of(stored: dict[str, Any]) -> dict[str, Any]:
+    """`identity()` of a stored identity (a checkpoint's), read as `from_json` reads."""
+    return Config.from_json({**stored, "workdir": stored.get("workdir", "")}).identity()
+
+  def validate(self) -> None:
+    """Raises ValueError naming the first bad field and its accepted values."""
+    validation.choice("dataset", self.dataset, data.DATASETS)
+    models.MODELS.bind(self.model)
+    defenses.create(self.defense).check(self.image_shape())
+    validation.integer_in("epochs", self.epochs, 1)
+    validation.integer_in("batch_size", self.batch_size, 1)
+    validation.number_in("lr", self.lr, 0.0, math.inf, lo_open=True)
+    for b in self.lr_boundaries:
+      validation.integer_in("lr_boundaries", b, 1)
+    if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)):
+      raise ValueError(f"lr_boundaries must be strictly increasing epochs, got {self.lr_boundaries}")
+    validation.number_in("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
+    validation.number_in("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+    validation.number_in("weight_decay", self.weight_decay, 0.0, 1.0)
+    validation.integer_in("num_classes", self.num_classes, 2)
+    validation.integer_in("seed", self.seed, 0)
+    validation.integer_in("checkpoint_every", self.checkpoint_every, 0)
+    validation.integer_in("keep_checkpoints", self.keep_checkpoints, 1)
+    validation.integer_in("eval_batch_size", self.eval_batch_size, 1)
+    validation.integer_in("log_every", self.log_every, 1)
+    json.dumps(self.to_json())  # must be JSON-serialisable for the run directory
+
+
+_COMBINATION_ARGS = ("me_method", "me_params", "layout", "startp", "endp", "mask_num",
+                     "inference", "votes", "adv_eps", "adv_step", "adv_steps")
+_LEGACY = {"me_channel": "layout"}
+
+
+def _from_legacy(values: dict[str, Any]) -> dict[str, Any]:
+  """A config.json of the mode / me_* era, as defense and objective strings."""
+  if "mode" not in values:
+    return values
+  mode = values.pop("mode")
+  args = {}
+  for key in (*_COMBINATION_ARGS, *_LEGACY):
+    if key in values:
+      args[_LEGACY.get(key, key)] = values.pop(key)
+  if "me_params" in args and not isinstance(args["me_params"], dict):
+    args["me_params"] = dict(args["me_params"])
+  defense, objective = combination(mode, values["dataset"], **args)
+  return dict(values, defense=defense, objective=objective)

@@ -1,0 +1,63 @@
+"""The classifier's training state and its small factories (as the Flax ImageNet example)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from menet_jax import models
+from menet_jax.models import normalize
+
+if TYPE_CHECKING:  # the config imports the objectives, which import this module
+  from menet_jax.training.config import Config
+
+_NORMALIZATION_KEY = {"svhn_cropped": "svhn"}
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and BatchNorm running statistics of one classifier."""
+  batch_stats: Any
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+  """lr, multiplied by lr_decay at each epoch of lr_boundaries (Table 8's step decay)."""
+  return optax.piecewise_constant_schedule(
+      config.lr, {b * steps_per_epoch: config.lr_decay for b in config.lr_boundaries})
+
+
+def optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with momentum and coupled L2 weight decay on every parameter, as torch.optim.SGD."""
+  return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                     optax.sgd(learning_rate_schedule(config, steps_per_epoch), config.momentum))
+
+
+def create_model(config: Config) -> nn.Module:
+  """The run's classifier, normalising with its dataset's statistics."""
+  mean, std = normalize.NORMALIZATION[_NORMALIZATION_KEY.get(config.dataset, config.dataset)]
+  return models.create(config.model, num_classes=config.num_classes, mean=mean, std=std)
+
+
+def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+  """Initial parameters, BatchNorm statistics and optimizer state."""
+  variables = model.init(key, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
+def logits(state: TrainState, params: Any, x: jax.Array, *, train: bool
+           ) -> tuple[jax.Array, Any]:
+  """(logits, BatchNorm updates or None): training mode uses batch statistics."""
+  variables = {"params": params, "batch_stats": state.batch_stats}
+  if train:
+    return state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+  return state.apply_fn(variables, x, train=False), None
+
+
+def cross_entropy(logits_: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits_, labels)

@@ -1,0 +1,1 @@
+"""Helpers every package may use: argument checks, atomic writes, the registry, devices, machine."""

@@ -1,0 +1,193 @@
+"""`python -m experiments.cifar10 --mode=eval`: errors, the report, resume after a kill, the
+exit status of failed sanity checks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from menet_jax.evaluation import restore
+from menet_jax.training import loop, run_dir
+from menet_jax.training.config import Config
+from tests.conftest import DATA_DIR
+from tests.watchdog import REPO
+
+ATTACKS = ["--attacks=clean,pgd,bpda_pgd,bpda_eot(samples=2),approx_input,projected_bpda,"
+           "transfer_fgsm"]
+# A one-epoch model on 8 images with 2-step attacks is about the report, not about robustness:
+# its sweep may well leave an image at eps 0.5, so a failed check must not stop these runs.
+SETTINGS = ["--attack_steps=2", "--eval_images=8", "--defense_draws=2", "--sanity_eps=0,0.5",
+            "--sanity_images=8", "--eval_batch_size=8", "--allow_failed_checks"]
+
+
+def _cli(args, entry="experiments.cifar10"):
+  return subprocess.run([sys.executable, "-m", entry, "--mode=eval", *args], cwd=REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--attacks=clean,pgdd"], "error: unknown attack 'pgdd'; known: apgd_ce"),
+    (["--attacks=bpda_eot(sampels=3)"], "error: attack 'bpda_eot' has no argument 'sampels'; "
+                                        "it takes steps, samples, step_size, chunk"),
+    (["--attack_steps=0"], "error: attack_steps must be an integer >= 1"),
+    (["--attack_steps=7.5"], "error: attack_steps must be ints"),
+    (["--sanity_eps=-1"], "error: sanity_eps must be in [0.0, 1.0]"),
+    ([], "error: no trained run in"),
+])
+def test_eval_cli_errors(tmp_path, args, match):
+  proc = _cli([f"--workdir={tmp_path / 'none'}", *args])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert match in proc.stderr, proc.stderr[-2000:]
+  assert len([l for l in proc.stderr.splitlines() if "error" in l.lower()]) == 1
+  assert not (tmp_path / "none").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  if not (DATA_DIR / "cifar10").is_dir():
+    pytest.skip(f"CIFAR-10 not found in {DATA_DIR}")
+  root = tmp_path_factory.mktemp("eval")
+  config = Config.for_dataset(
+      "cifar10", mode="pure", workdir=str(root / "run"), data_dir=str(DATA_DIR),
+      cache_dir=str(root / "cache"), train_split="train[:64]", test_split="test[:16]",
+      model="small_cnn", me_params={"keep": 0.8}, startp=0.4, endp=0.6, mask_num=1, epochs=1,
+      batch_size=32, eval_batch_size=16, progress=False)
+  workdir, _ = run_dir.prepare(config)
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+  """The uninterrupted evaluation: (its process, record, verdicts)."""
+  proc = _cli([f"--workdir={trained_run}", f"--source_workdir={trained_run}", *ATTACKS, *SETTINGS,
+               "--eval_name=t"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((trained_run / "eval" / "t.json").read_text())
+  with np.load(trained_run / "eval" / "t.npz") as f:
+    verdicts = dict(f)
+  return proc, record, verdicts
+
+
+def test_restore_builds_the_classifier_without_an_optimizer(trained_run):
+  restored = restore.load(trained_run)
+  assert set(restored.variables) == {"params", "batch_stats"} and restored.step == 2
+  assert restored.defense.spec() == restored.config.defense
+  with pytest.raises(FileNotFoundError, match="no trained run in"):
+    restore.load(trained_run.parent / "nowhere")
+  with pytest.raises(FileNotFoundError, match="no 'best' checkpoint in"):
+    restore.load(_empty_run(trained_run.parent / "empty"), "best")
+  with pytest.raises(ValueError, match="checkpoint must be one of"):
+    restore.load(trained_run, "first")
+
+
+def _empty_run(path):
+  run_dir.prepare(Config.for_dataset("cifar10", workdir=str(path), model="small_cnn"))
+  return path
+
+
+def test_eval_cli_writes_the_report_and_per_image_verdicts(trained_run, evaluated):
+  proc, record, verdicts = evaluated
+  md = (trained_run / "eval" / "t.md").read_text()
+  assert [r["label"] for r in record["results"]] == [
+      "clean", "pgd-2", "bpda_pgd-2", "bpda_eot-2", "approx_input-2", "projected_bpda-2",
+      "transfer_fgsm"]
+  assert record["images"] == 8 and record["step"] == 2 and record["defense"]["mean_p"] == 0.4
+  assert record["checkpoint"].endswith("checkpoints/last/2")
+  assert all(r["max_linf"] <= record["eps"] + 1e-6 for r in record["results"])
+  assert [a["eps"] for a in record["sanity"]["eps_sweep"]["accuracy"]] == [0.0, 0.5]
+  assert record["sanity"]["gradients"]["finite"] == 1.0
+  # Per image and draw, for every row; the worst case is their AND.
+  rows = [verdicts[r["spec"]] for r in record["results"]]
+  assert all(v.shape == (2, 8) and v.dtype == bool for v in rows)
+  np.testing.assert_array_equal(verdicts["worst_case"], np.logical_and.reduce(rows))
+  assert record["worst_case"]["accuracy"] == verdicts["worst_case"][0].mean()
+  assert "| clean | pgd-2 | bpda_pgd-2 |" in md and "| worst case |" in md
+  assert "## Sanity checks" in md
+  assert f"report: {trained_run / 'eval' / 't.md'}" in proc.stdout
+  assert "0 rows reused, 9 computed" in proc.stdout  # 7 attacks and 2 sweep radii
+  assert not [p for p in (trained_run / "eval").iterdir() if p.name.startswith(".")]
+
+
+def test_killed_evaluation_resumes_without_recomputing_a_row(trained_run, evaluated):
+  _, record, verdicts = evaluated
+  args = [sys.executable, "-m", "experiments.cifar10", "--mode=eval", f"--workdir={trained_run}",
+          f"--source_workdir={trained_run}", *ATTACKS, *SETTINGS, "--eval_name=k"]
+  proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  rows = trained_run / "eval" / "k.rows"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if rows.is_dir() and list(rows.glob("*.json")):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the evaluation ended before it could be killed"
+  finished = len(list(rows.glob("*.json")))
+  assert 1 <= finished < 9
+  assert not (trained_run / "eval" / "k.json").exists()
+  mtimes = {p.name: p.stat().st_mtime_ns for p in rows.iterdir()}
+
+  resumed = subprocess.run(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"{finished} rows reused, {9 - finished} computed" in resumed.stdout
+  assert all(rows.joinpath(n).stat().st_mtime_ns == t for n, t in mtimes.items())
+  again = json.loads((trained_run / "eval" / "k.json").read_text())
+  # The same results as the uninterrupted evaluation (rows are keyed by what determines them,
+  # not by the report's name, so the same settings give the same verdicts).
+  assert again["results"] == [dict(r, wall_s=again_r["wall_s"])
+                              for r, again_r in zip(record["results"], again["results"])]
+  with np.load(trained_run / "eval" / "k.npz") as f:
+    for key, value in verdicts.items():
+      np.testing.assert_array_equal(f[key], value)
+
+
+# The command line with one more defense, registered by this script: its attack view stops
+# the gradient, the textbook case of gradient masking that the sanity checks exist to catch.
+MASKED = """
+import dataclasses, sys
+import jax
+from absl import app
+from experiments import main
+from menet_jax import defenses
+
+@defenses.register("masked")
+@dataclasses.dataclass(frozen=True)
+class Masked(defenses.Defense):
+  def transform(self, keys, x, level):
+    return x
+
+  def attack_view(self, keys, x, level):
+    return jax.lax.stop_gradient(x)
+
+main.define_flags("cifar10")
+app.run(main.main)
+"""
+
+
+def test_a_failed_sanity_check_fails_the_command_unless_allowed(trained_run):
+  args = [f"--workdir={trained_run}", "--mode=eval", "--defense=masked", "--attacks=clean",
+          "--eval_images=8", "--sanity_eps=0,0.5", "--sanity_images=8", "--eval_batch_size=8",
+          "--defense_draws=1", "--attack_steps=2", "--eval_name=f"]
+
+  def run(*extra):
+    return subprocess.run([sys.executable, "-c", MASKED, *args, *extra], cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=600)
+
+  failed = run()
+  assert failed.returncode == 1, failed.stderr[-3000:]
+  assert "SANITY CHECKS FAILED" in failed.stderr and "gradients nonzero: 0.00%" in failed.stderr
+  record = json.loads((trained_run / "eval" / "f.json").read_text())
+  assert record["defense"] == {"defense": "Masked"}
+  allowed = run("--allow_failed_checks")
+  assert allowed.returncode == 0, allowed.stderr[-3000:]
+  assert "SANITY CHECKS FAILED" in allowed.stderr

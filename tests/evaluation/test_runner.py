@@ -1,0 +1,145 @@
+"""The runner: verdicts under the defense's draws, restarts, the worst case over attacks,
+resumable rows, any defense in front of any classifier."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from menet_jax import defenses, evaluation
+from menet_jax.defenses import MENet
+from menet_jax.evaluation import runner, suite
+from tests.evaluation.helpers import small_cnn
+
+COMMON = dict(eps=0.3, step_size=0.05, restarts=2, draws=3, attack_key=jax.random.key(0),
+              eval_key=jax.random.key(1), batch_size=5)
+
+
+def _data():
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (12, 16, 16, 3)))
+  vanilla = small_cnn()
+  y = np.array(jnp.argmax(vanilla.apply_fn(vanilla.variables, x, train=False), -1))
+  y[:4] = (y[:4] + 1) % 10  # 8 of 12 correct
+  return vanilla, x, y
+
+
+def test_run_attack_judges_final_examples_under_the_defense():
+  vanilla, x, y = _data()
+  clean = evaluation.run_attack(vanilla, None, x, y, spec="clean", **COMMON)
+  # An undefended model is deterministic: every draw agrees, and padding is ignored.
+  assert (clean.accuracy, clean.mean_over_draws, clean.robust_all_draws) == (8 / 12,) * 3
+  assert clean.correct.shape == (3, 12) and clean.max_linf == 0.0
+  np.testing.assert_array_equal(clean.correct[0], np.arange(12) >= 4)
+  attacked = evaluation.run_attack(vanilla, None, x, y, spec="bpda_pgd(steps=10)", **COMMON)
+  assert attacked.accuracy == 0.0 and attacked.max_linf <= 0.3 + 1e-6
+  # Restart r uses the same key whatever the number of restarts, so a second restart can only
+  # remove images from the robust set (robust = survives every restart).
+  weak = dict(COMMON, eps=0.004, step_size=0.002)
+  one = evaluation.run_attack(vanilla, None, x, y, spec="pgd(steps=2)", **dict(weak, restarts=1))
+  four = evaluation.run_attack(vanilla, None, x, y, spec="pgd(steps=2)", **dict(weak, restarts=4))
+  assert np.all(four.correct <= one.correct) and np.all(one.correct <= clean.correct)
+  with pytest.raises(ValueError, match="restarts must be an integer >= 1"):
+    evaluation.run_attack(vanilla, None, x, y, spec="clean", **dict(COMMON, restarts=0))
+  with pytest.raises(ValueError, match="needs the independently trained copy"):
+    evaluation.run_attack(vanilla, None, x, y, spec="transfer_pgd(steps=2)", **COMMON)
+
+  defense = MENet.create(method="usvt", startp=0.3, endp=0.5, mask_num=2)
+  defended = small_cnn(defense)
+  r = evaluation.run_attack(defended, None, x, y, spec="clean", **COMMON)
+  # The randomized defense: robust in every draw <= mean over draws, first draw in between bounds.
+  assert r.robust_all_draws <= r.mean_over_draws <= 1.0
+  assert r.robust_all_draws <= r.accuracy
+  # Judgement keys are tied to image indices: the batch size does not change a verdict.
+  r2 = evaluation.run_attack(defended, None, x, y, spec="clean", **dict(COMMON, batch_size=12))
+  np.testing.assert_array_equal(r.correct, r2.correct)
+  # The same classifier behind another defense, chosen at evaluation time.
+  r3 = evaluation.run_attack(defended, None, x, y, spec="clean", defense=defenses.Identity(),
+                             **COMMON)
+  np.testing.assert_array_equal(r3.correct, clean.correct)
+
+
+def test_worst_case_is_the_per_image_and_of_the_rows(tmp_path):
+  vanilla, x, y = _data()
+  record, verdicts = evaluation.evaluate(
+      vanilla, None, x, y, rows=["clean", "fgsm", "pgd(steps=2)"], eps=0.02, step_size=0.01,
+      restarts=1, draws=2, seed=0, batch_size=6, sanity_eps=[], sanity_images=4)
+  rows = [verdicts[s] for s in ("clean", "fgsm", "pgd(step_size=None,steps=2)")]
+  expected = rows[0] & rows[1] & rows[2]
+  np.testing.assert_array_equal(verdicts["worst_case"], expected)
+  assert record["worst_case"]["accuracy"] == pytest.approx(expected[0].mean())
+  assert record["worst_case"]["robust_all_draws"] == pytest.approx(expected.all(0).mean())
+  assert record["worst_case"]["accuracy"] <= min(r["accuracy"] for r in record["results"])
+
+
+def test_rows_are_stored_and_read_back_not_recomputed(tmp_path):
+  vanilla, x, y = _data()
+  settings = {"run": "toy", "images": 12}
+  store = runner.RowStore(tmp_path / "rows", settings)
+  first = evaluation.run_attack(vanilla, None, x, y, spec="pgd(steps=2)", store=store, **COMMON)
+  assert store.computed == ["pgd(step_size=None,steps=2)"] and store.reused == []
+  again = runner.RowStore(tmp_path / "rows", settings)
+  second = evaluation.run_attack(vanilla, None, x, y, spec="pgd(steps=2)", store=again, **COMMON)
+  assert again.computed == [] and again.reused == ["pgd(step_size=None,steps=2)"]
+  np.testing.assert_array_equal(first.correct, second.correct)
+  assert first.wall_s == second.wall_s
+  # Other settings (or another radius) never take a stored row for theirs.
+  other = runner.RowStore(tmp_path / "rows", dict(settings, images=11))
+  evaluation.run_attack(vanilla, None, x, y, spec="pgd(steps=2)", store=other, **COMMON)
+  evaluation.run_attack(vanilla, None, x, y, spec="pgd(steps=2)", store=again,
+                        **dict(COMMON, eps=0.1))
+  assert other.computed and len(again.computed) == 1
+  assert not [p for p in (tmp_path / "rows").iterdir() if p.name.startswith(".")]
+
+
+# A defense registered from this test file: the library learns nothing about it.
+@defenses.register("toy_noise")
+@dataclasses.dataclass(frozen=True)
+class ToyNoise(defenses.Defense):
+  """Adds uniform noise of amplitude `amount` (a randomized, differentiable defense)."""
+  amount: float = 0.1
+  votes: int = 1
+
+  randomized = True
+
+  def transform(self, keys, x, level):
+    noise = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], minval=-1, maxval=1))(keys)
+    return jnp.clip(x + self.amount * noise, 0, 1)
+
+
+def test_a_defense_registered_outside_the_library_is_evaluated_end_to_end():
+  try:
+    vanilla, x, y = _data()
+    toy = defenses.create("toy_noise(amount=0.2, votes=3)")
+    assert toy.spec() == "toy_noise(amount=0.2,votes=3)"
+    record, verdicts = evaluation.evaluate(
+        vanilla, None, x, y, rows=suite.parse_attacks(["clean", "bpda_eot(samples=2)"], [2]),
+        eps=0.05, step_size=0.02, restarts=1, draws=2, seed=0, batch_size=12,
+        sanity_eps=[0.0, 0.5], sanity_images=12, defense=toy)
+    assert record["defense"] == {"defense": "ToyNoise"}
+    assert [r["label"] for r in record["results"]] == ["clean", "bpda_eot-2"]
+    assert verdicts["worst_case"].shape == (2, 12)
+    assert record["sanity"]["gradients"]["finite"] == 1.0
+    # Its draws change the verdicts of a classifier that the identity leaves at 8 of 12.
+    assert record["results"][1]["accuracy"] <= record["results"][0]["accuracy"]
+  finally:
+    defenses.DEFENSES.unregister("toy_noise")
+
+
+def test_every_registered_attack_runs_through_a_defense_within_eps():
+  defense = MENet.create(method="usvt", startp=0.5, endp=0.5, mask_num=1)
+  target = small_cnn(defense)
+  x = np.asarray(jax.random.uniform(jax.random.key(2), (4, 16, 16, 3)))
+  y = np.arange(4)
+  small = {"bpda_eot": "samples=2, chunk=2", "apgd_ce": "samples=2", "apgd_dlr": "samples=2",
+           "projected_bpda": "rank=2", "spsa": "samples=4, steps=2", "boundary": "steps=3"}
+  for name in suite.names():
+    entry = f"{name}({small[name]})" if name in small else name
+    (spec,) = suite.parse_attacks([entry], [2])
+    r = evaluation.run_attack(target, small_cnn(seed=1), x, y, spec=spec, eps=0.05,
+                              step_size=0.02, restarts=1, draws=2, attack_key=jax.random.key(0),
+                              eval_key=jax.random.key(1), batch_size=4)
+    assert r.max_linf <= 0.05 + 1e-6, name
+    assert 0.0 <= r.robust_all_draws <= r.mean_over_draws <= 1.0, name
+    assert r.steps == (2 if suite.threat(name).iterative else None), name

@@ -1,0 +1,146 @@
+"""What the device and host count change, and what they do not.
+
+Each configuration runs in its own process under a watchdog (tests/watchdog.py):
+the device count is fixed when JAX starts, and a hang must fail, not stall CI.
+
+The claim (README, "Many devices, many hosts"), tested exactly:
+  * Per-image results (masks, reconstructions, ME sets, evaluation-mode logits
+    and the attacker's gradients through them) involve no sum over images; each
+    device runs the same per-image operations on its slice of the batch.
+  * Cross-image sums (the gradient mean, BatchNorm's batch statistics) are
+    split into per-device partial sums, so they are reassociated: they agree
+    to float32 rounding, not bitwise. Vanilla and pure training are smooth
+    functions of those sums and stay within rounding over several steps.
+  * Adversarial training is not: its attack takes sign() of input gradients
+    that pass through ReLU / max-pool switches and USVT's top-k selection, so a
+    rounding difference can change a whole attack step, and later steps then
+    follow a different (equally valid) trajectory. What holds is that each
+    step is the same computation: one step from the same state agrees.
+  * Processes holding the same replicated state get bitwise identical results.
+"""
+
+import socket
+
+import numpy as np
+import pytest
+
+from tests import watchdog
+from tests.conftest import CIFAR_TEST, DATA_DIR
+
+pytestmark = pytest.mark.skipif(not CIFAR_TEST.is_file(), reason="needs ../shared/data CIFAR-10")
+
+MNIST_TEST = DATA_DIR / "mnist" / "t10k-images-idx3-ubyte.gz"
+TIMEOUT = 400  # s; each run takes 10-60 s on 2 cores
+
+# Per-image results on every local device: ME-Net reconstructions (USVT, per-example keys),
+# eval-mode logits of a small CNN on them, and the BPDA gradient of the loss through them.
+PER_IMAGE = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from menet_jax import data, evaluation, models
+from menet_jax.attacks import cross_entropy
+from menet_jax.defenses import MENet
+from menet_jax.training.config import Config
+from tests.conftest import DATA_DIR
+images, labels = data.load("cifar10", "test[:16]", DATA_DIR)
+x = jnp.asarray(images, jnp.float32) / 255
+defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
+net = models.create("small_cnn", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
+variables = net.init(jax.random.key(0), x[:2], train=False)
+restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
+                               config=Config.for_dataset("cifar10", workdir="w"), checkpoint="",
+                               step=0)
+ctx = evaluation.context(restored, variables, None, None, eps=8 / 255, step_size=2 / 255)
+key = jax.random.key(1)
+recon = jax.jit(ctx.preprocess)(x, key)
+logits = jax.jit(ctx.defended)(x, key)
+grad = jax.jit(jax.grad(lambda a: cross_entropy(ctx.through(a, key), jnp.asarray(labels)).sum()))(x)
+np.savez(sys.argv[1], devices=jax.device_count(), recon=recon, logits=logits, grad=grad)
+"""
+
+
+def _worker_args(out, workdir, *extra):
+  return ["-m", "tests.train_worker", out, workdir, *extra]
+
+
+def _parameters(path):
+  arrays = np.load(path)
+  return {k: arrays[k] for k in arrays.files if k not in ("step", "accuracy")}
+
+
+def _max_difference(a, b):
+  a, b = _parameters(a), _parameters(b)
+  assert sorted(a) == sorted(b)
+  return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def _one_and_four_devices(args_for, what):
+  procs = [watchdog.start(args_for(n), devices=n) for n in (1, 4)]
+  watchdog.finish(procs, TIMEOUT, what)
+
+
+def test_per_image_results_do_not_depend_on_device_count(tmp_path):
+  _one_and_four_devices(lambda n: ["-c", PER_IMAGE, tmp_path / f"{n}.npz"],
+                        "per-image pipeline")
+  one, four = np.load(tmp_path / "1.npz"), np.load(tmp_path / "4.npz")
+  assert int(one["devices"]) == 1 and int(four["devices"]) == 4
+  # Each device runs the same operations per image as one device does; XLA compiles them for a
+  # different batch size, which nothing obliges to keep the instruction order, so the bound is
+  # a few float32 ulps (measured: bitwise equal). A wrong key, mask or shard differs by O(0.1).
+  np.testing.assert_allclose(four["recon"], one["recon"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(four["logits"], one["logits"], rtol=1e-5, atol=1e-6)
+  scale = float(np.abs(one["grad"]).max())
+  np.testing.assert_allclose(four["grad"], one["grad"], rtol=0, atol=1e-5 * scale)
+
+
+# The runs differ only in how cross-image sums are associated (4 partial sums instead of one):
+# a relative difference of O(B eps) = 2e-6 per sum (B = 16). Training is smooth in those sums
+# apart from ReLU / max-pool switches that both runs take the same way unless a pre-activation
+# lies within rounding of a tie, so parameters of magnitude <= 1 stay within ~1e-6 over 8 steps
+# (measured: 6e-7 vanilla, 2e-7 pure). 1e-5 leaves a factor of 10 and is still far below what a
+# wrong shard, key or mask does (1e-3 or more after 8 steps).
+ROUNDING = 1e-5
+
+
+@pytest.mark.parametrize("mode, images", [("vanilla", 128), ("pure", 64)])
+def test_training_agrees_across_device_counts(tmp_path, mode, images):
+  _one_and_four_devices(
+      lambda n: _worker_args(tmp_path / f"{n}.npz", tmp_path / f"run{n}", f"--mode={mode}",
+                             f"--images={images}"), f"{mode} training")
+  assert int(np.load(tmp_path / "1.npz")["step"]) == 8
+  assert _max_difference(tmp_path / "1.npz", tmp_path / "4.npz") < ROUNDING
+
+
+@pytest.mark.skipif(not MNIST_TEST.is_file(), reason="needs ../shared/data MNIST")
+def test_adversarial_training_step_agrees_across_device_counts(tmp_path):
+  # One step of ME-Net adversarial training (PGD-2 through BPDA with USVT, fresh per-example
+  # masks, per-device reconstruction) from the same initial state. The model has no BatchNorm,
+  # so the attack involves no cross-image sum: the adversarial examples are per-image results,
+  # and the only reassociated sum is the gradient mean of the update. (With BatchNorm, the
+  # attack's input gradients differ by rounding and sign() may flip a near-zero component.)
+  _one_and_four_devices(
+      lambda n: _worker_args(tmp_path / f"{n}.npz", tmp_path / f"run{n}", "--mode=adv",
+                             "--dataset=mnist", "--model=lenet", "--images=16", "--mask_num=1"),
+      "adversarial training step")
+  assert int(np.load(tmp_path / "1.npz")["step"]) == 1
+  assert _max_difference(tmp_path / "1.npz", tmp_path / "4.npz") < ROUNDING
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_and_agree(tmp_path):
+  # Adversarial training (with BatchNorm) on two jax.distributed processes: both hold the
+  # replicated state that the same collectives produced, so they agree bitwise.
+  port = _free_port()
+  procs = [watchdog.start(_worker_args(tmp_path / f"p{i}.npz", tmp_path / "run",
+                                       f"--coordinator=localhost:{port}", f"--process={i}",
+                                       "--processes=2"))
+           for i in range(2)]
+  watchdog.finish(procs, TIMEOUT, "two-process training")
+  assert int(np.load(tmp_path / "p0.npz")["step"]) == 8
+  assert _max_difference(tmp_path / "p0.npz", tmp_path / "p1.npz") == 0.0
+  # Each process built the ME test set of its own half of the split.
+  assert len(list((tmp_path / "run-cache").iterdir())) == 2

@@ -1,0 +1,81 @@
+"""A real run, killed with SIGKILL after a checkpoint and restarted with the same
+command, ends with exactly the parameters of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from menet_jax.training import checkpoint
+from menet_jax.training import state as state_lib
+from menet_jax.training.config import Config
+from tests.conftest import CIFAR_TEST, DATA_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not CIFAR_TEST.is_file(), reason="needs ../shared/data CIFAR-10")
+
+
+def _command(workdir, cache):
+  # 256 images x 2 masks / batch 32 = 16 steps per epoch, 3 epochs, checkpoints every 8 steps.
+  return [sys.executable, "-m", "experiments.cifar10", f"--workdir={workdir}",
+          f"--data_dir={DATA_DIR}", f"--cache_dir={cache}", "--train_split=train[:256]",
+          "--test_split=test[:64]", "--model=small_cnn", "--mode=pure", "--me_method=usvt",
+          "--startp=0.4", "--endp=0.6", "--mask_num=2", "--epochs=3", "--lr_boundaries=2",
+          "--batch_size=32", "--eval_batch_size=32", "--lr=0.05", "--checkpoint_every=8",
+          "--log_every=4", "--noprogress"]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def _final_state(workdir):
+  config = Config.from_json(json.loads((workdir / "config.json").read_text()))
+  model = state_lib.create_model(config)
+  tx = state_lib.optimizer(config, steps_per_epoch=16)
+  target = jax.eval_shape(lambda k: state_lib.create_train_state(k, model, tx, (32, 32, 3)),
+                          jax.random.key(0))
+  with checkpoint.Checkpoints(workdir / "checkpoints", config=config.identity()) as ckpts:
+    assert ckpts.latest_step() == 48
+    state = ckpts.restore(target)
+  return jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+  cache = tmp_path / "cache"
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  subprocess.run(_command(straight, cache), cwd=REPO, env=_env(), check=True,
+                 capture_output=True, timeout=400)
+
+  proc = subprocess.Popen(_command(killed, cache), cwd=REPO, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  last = killed / "checkpoints" / "last"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if last.is_dir() and any(p.name.isdigit() and int(p.name) >= 16 for p in last.iterdir()):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed / "results.json").exists(), "the run ended before it could be killed"
+
+  resumed = subprocess.run(_command(killed, cache), cwd=REPO, env=_env(), capture_output=True,
+                           text=True, timeout=400)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed" in resumed.stderr
+  for a, b in zip(_final_state(straight), _final_state(killed), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  r1, r2 = (json.loads((d / "results.json").read_text()) for d in (straight, killed))
+  assert r1["test_accuracy"] == r2["test_accuracy"] and r1["test_loss"] == r2["test_loss"]
+  # The metrics of the lost stretch were replaced, not duplicated.
+  rows = (killed / "metrics.csv").read_text().splitlines()[1:]
+  keys = [(r.split(",")[0], r.split(",")[2]) for r in rows]
+  assert len(keys) == len(set(keys))
