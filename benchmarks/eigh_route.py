@@ -22,9 +22,8 @@ import numpy as np
 from absl import app, flags
 
 from menet_jax import data, reconstruct
-from menet_jax.reconstruct import masks
+from menet_jax.reconstruct import masks, spectral
 from menet_jax.utils import machine
-from menet_jax.reconstruct import spectral
 from references.per_image import PARAMS
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with cifar-10-batches-py.")

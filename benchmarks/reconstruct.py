@@ -31,8 +31,8 @@ from absl import app, flags
 
 from menet_jax import data, reconstruct
 from menet_jax.utils import machine
-from references.per_image import PARAMS, REFERENCES
 from references import matrices as references
+from references.per_image import PARAMS, REFERENCES
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory with cifar-10-batches-py.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Images for the batched implementation.")

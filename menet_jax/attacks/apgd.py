@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.utils import validation
 from menet_jax.attacks.pgd import ball, check_inputs, loss_and_grad
+from menet_jax.utils import validation
 
 MOMENTUM = 0.75
 RHO = 0.75

@@ -26,8 +26,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from menet_jax.utils import validation
 from menet_jax.attacks.pgd import check_inputs
+from menet_jax.utils import validation
 
 Decision = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -26,10 +26,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from menet_jax.reconstruct import masks
-from menet_jax.utils import validation
 from menet_jax.attacks.pgd import check_inputs, loss_and_grad
-from menet_jax.reconstruct import spectral
+from menet_jax.reconstruct import masks, spectral
+from menet_jax.utils import validation
 
 
 def subspace_projector(images: jax.Array, rank: int, layout: str = "concat"

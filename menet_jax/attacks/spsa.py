@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from menet_jax.utils import validation
 from menet_jax.attacks.pgd import ball, check_inputs
+from menet_jax.utils import validation
 
 
 def spsa(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, x: jax.Array, *,

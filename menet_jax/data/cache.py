@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
+
 from menet_jax.utils import dicts, parallel, validation
 from menet_jax.utils.atomic_write import atomic_write
 

@@ -5,8 +5,17 @@ A defense is created from a component string, e.g.
 a new one is a module that subclasses `Defense` and registers itself with `register`.
 """
 
-from menet_jax.defenses.base import (DEFENSES, Defense, Identity, OnDevices, create,
-                                     majority_vote, names, on_devices, register)
+from menet_jax.defenses.base import (
+                                     DEFENSES,
+                                     Defense,
+                                     Identity,
+                                     OnDevices,
+                                     create,
+                                     majority_vote,
+                                     names,
+                                     on_devices,
+                                     register,
+)
 from menet_jax.defenses.bpda import bpda
 from menet_jax.defenses.menet import MENet
 

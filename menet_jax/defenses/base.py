@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 
 from menet_jax.defenses.bpda import bpda
 from menet_jax.utils import parallel
-from menet_jax.utils.registry import Registry, format_spec
+from menet_jax.utils.registry import Registry
 
 DEFENSES = Registry("defense")
 Network = Callable[[jax.Array], jax.Array]  # x (B, H, W, C) -> logits (B, classes)
@@ -87,8 +87,7 @@ class Defense(abc.ABC):
 
     Default: the registered name of the class with its dataclass fields.
     """
-    name = next(n for n in DEFENSES.names() if DEFENSES.get(n) is type(self))
-    return format_spec(name, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+    return DEFENSES.spec_of(self)
 
   def inference_keys(self, key: jax.Array, indices: jax.Array) -> jax.Array:
     """(votes, B) per-image keys of one prediction, tied to each image's index in its split."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier

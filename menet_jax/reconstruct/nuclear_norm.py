@@ -8,8 +8,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from menet_jax.utils import validation
 from menet_jax.reconstruct import iterate, spectral
+from menet_jax.utils import validation
 
 
 def check_params(shape: tuple[int, ...], *, mu: float, max_iters: int, tol: float) -> None:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.utils import validation
 from menet_jax.reconstruct import iterate, spectral
+from menet_jax.utils import validation
 
 # fancyimpute compares against float32 epsilon whatever the dtype.
 _F32_EPS = float(np.finfo(np.float32).eps)

@@ -32,8 +32,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from menet_jax.utils import validation
 from menet_jax.reconstruct import iterate, spectral
+from menet_jax.utils import validation
 
 
 def smoothed_rank(x: jax.Array, delta) -> jax.Array:

@@ -8,8 +8,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from menet_jax.utils import validation
 from menet_jax.reconstruct import spectral
+from menet_jax.utils import validation
 
 THRESHOLDS = ("keep", "universal")
 

@@ -186,6 +186,15 @@ class Registry:
     """Calls the registered class or factory with the string's parameters."""
     return self.lookup(spec, **overrides)()
 
+  def spec_of(self, instance: Any) -> str:
+    """The component string of an instance of a registered dataclass: its registered name with
+    every field written out."""
+    name = next((n for n, e in self._entries.items() if e.obj is type(instance)), None)
+    if name is None:
+      raise ValueError(f"{type(instance).__name__} is not a registered {self.kind}")
+    return format_spec(name, {f.name: getattr(instance, f.name)
+                              for f in dataclasses.fields(instance)})
+
   def canonical(self, spec: str) -> str:
     """The string with every parameter written out (defaults included), keys sorted."""
     return format_spec(*self.bind(spec))

@@ -2,7 +2,6 @@
 references of the losses and the subspace projection, and undefended networks
 driven to zero accuracy."""
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
+import jax
 import numpy as np
 import pytest
-import jax
 
 from menet_jax.data import input_pipeline
 

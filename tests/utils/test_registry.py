@@ -42,7 +42,7 @@ def test_functions_declare_keyword_only_parameters_and_classes_their_fields():
   assert reg.bind("scale") == ("scale", {"factor": 2.0, "name": "s"})
   assert reg.bind("scale(factor=3)")[1]["factor"] == 3.0  # an int where a float is declared
   assert reg.create("box(size=4)") == Box(4)
-  assert reg.canonical("box(size=4)") == "box(size=4,tag=None)"
+  assert reg.canonical("box(size=4)") == "box(size=4,tag=None)" == reg.spec_of(Box(4))
   with pytest.raises(ValueError, match="unknown thing 'bo'; known: box, scale"):
     reg.create("bo")
   with pytest.raises(ValueError, match="thing 'box' has no argument 'sise'; it takes size, tag"):

@@ -20,7 +20,6 @@ the objective calls the defense (`transform`, `attack_view`) with fresh keys.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -29,7 +28,7 @@ import optax
 
 from menet_jax.defenses import Defense
 from menet_jax.training import state as state_lib
-from menet_jax.utils.registry import Registry, format_spec
+from menet_jax.utils.registry import Registry
 
 OBJECTIVES = Registry("objective")
 Metrics = dict[str, jax.Array]
@@ -67,8 +66,7 @@ class Objective(abc.ABC):
 
   def spec(self) -> str:
     """The component string that creates this objective, every parameter written out."""
-    name = next(n for n in OBJECTIVES.names() if OBJECTIVES.get(n) is type(self))
-    return format_spec(name, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+    return OBJECTIVES.spec_of(self)
 
 
 def create(spec: str, **overrides: Any) -> Objective:
