@@ -32,7 +32,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved passes of each route.")
 _METHODS = flags.DEFINE_list("methods", ["usvt", "soft_impute", "nuclear_norm", "splic"],
                              "Methods to measure.")
 
-_ROUTES = {"one matrix at a time (library)": spectral.eigh, "batched LAPACK kernel": jnp.linalg.eigh}
+_ROUTES = {"one matrix at a time (library)": spectral.eigh,
+           "batched LAPACK kernel": jnp.linalg.eigh}
 
 
 def _compiled(name, route, x, mask):

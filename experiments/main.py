@@ -1,4 +1,5 @@
-"""The absl main of experiments/{cifar10,mnist,fashion_mnist,svhn,tiny_imagenet}.py: flags -> library.
+"""The absl main of experiments/<dataset>.py (cifar10, mnist, fashion_mnist, svhn,
+tiny_imagenet): flags -> library calls -> results.
 
 Training (--mode=vanilla|pure|adv|madry, or --defense and --objective as
 component strings): flags -> training.config.Config (Table 8 defaults for the

@@ -130,9 +130,10 @@ def build(*, images: np.ndarray, indices: np.ndarray, levels: Sequence[float], t
       FloatingPointError.
     key: a scalar typed PRNG key, `jax.random.key(seed)`.
     manifest: JSON-serialisable description of the set with string keys (the
-      dataset, split, the defense's description, seed, code version, host shard). manifest["name"], if present, names the cache
-      directory ([A-Za-z0-9._-]+). Must not use the keys in `RESERVED_KEYS`,
-      which `build` adds.
+      dataset, split, the defense's component string, seed, code version, host
+      shard). manifest["name"], if present, names the cache directory
+      ([A-Za-z0-9._-]+). Must not use the keys in `RESERVED_KEYS`, which
+      `build` adds.
     cache_dir: directory holding the cache directories; created if absent.
     batch_size: (image, probability) pairs per chunk, >= 1; it sets memory use
       and how much work an interruption loses, not the result.
