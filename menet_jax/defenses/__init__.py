@@ -5,19 +5,15 @@ A defense is created from a component string, e.g.
 a new one is a module that subclasses `Defense` and registers itself with `register`.
 """
 
-from menet_jax.defenses.base import (
-                                     DEFENSES,
-                                     Defense,
-                                     Identity,
-                                     OnDevices,
-                                     create,
-                                     majority_vote,
-                                     names,
-                                     on_devices,
-                                     register,
-)
+from menet_jax.defenses.base import (DEFENSES, Defense, Identity, OnDevices, create, majority_vote,
+                                     names, on_devices, register)
 from menet_jax.defenses.bpda import bpda
+from menet_jax.defenses.median import Median
 from menet_jax.defenses.menet import MENet
+from menet_jax.defenses.ride import RIDE
+from menet_jax.defenses.splic import splic
+from menet_jax.defenses.tv import TVBregman, TVChambolle
 
-__all__ = ["DEFENSES", "Defense", "Identity", "MENet", "OnDevices", "bpda", "create",
-           "majority_vote", "names", "on_devices", "register"]
+__all__ = ["DEFENSES", "Defense", "Identity", "MENet", "Median", "OnDevices", "RIDE", "TVBregman",
+           "TVChambolle", "bpda", "create", "majority_vote", "names", "on_devices", "register",
+           "splic"]

@@ -66,6 +66,19 @@ class Defense(abc.ABC):
     return _bpda_transform(self)(x, keys, level)
 
   @property
+  def views(self) -> tuple[str, ...]:
+    """The attacker's views of the defense's gradient that `view` offers ("bpda" always)."""
+    return ("bpda",)
+
+  def view(self, name: str, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
+    """The forward pass with the gradient of view `name`: "bpda" is `attack_view`; a defense
+    may offer others (e.g. the gradient of an approximation it fitted, or the exact one)."""
+    if name != "bpda":
+      raise ValueError(f"{type(self).__name__} offers no {name!r} view; it offers "
+                       f"{', '.join(self.views)}")
+    return self.attack_view(keys, x, level)
+
+  @property
   def train_levels(self) -> np.ndarray:
     """(n,) levels of the training draws: n draws per image per epoch (ME-Net: p_1..p_n)."""
     return np.ones(1)
@@ -165,9 +178,14 @@ class OnDevices(Defense):
       return _bpda_transform(self)(x, keys, level)
     return self.inner.attack_view(keys, x, level)
 
+  def view(self, name, keys, x, level):
+    return self.attack_view(keys, x, level) if name == "bpda" else \
+        self.inner.view(name, keys, x, level)
+
   randomized = property(lambda self: self.inner.randomized)
   preprocesses = property(lambda self: self.inner.preprocesses)
   votes = property(lambda self: self.inner.votes)
+  views = property(lambda self: self.inner.views)
   train_levels = property(lambda self: self.inner.train_levels)
   test_level = property(lambda self: self.inner.test_level)
 

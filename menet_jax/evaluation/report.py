@@ -37,6 +37,7 @@ def markdown(record: dict[str, Any]) -> str:
            f"{record['step_size']:.6g}",
            f"- source (transfer): {record['source'] or 'none'}",
            f"- machine: {record['machine']}; wall time {record['wall_s']:.1f} s",
+           *_defense_cost(record),
            f"- command: `{record['command']}`", "",
            "| " + " | ".join([*(_label(r) for r in rows), WORST_CASE]) + " |",
            "|" + "---|" * (len(rows) + 1),
@@ -59,6 +60,9 @@ def markdown(record: dict[str, Any]) -> str:
     lines.append("")
   for c in sanity["checks"]:
     lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} {c['name']}: {c['detail']}")
+  for view, cos in sanity.get("gradient_agreement", {}).items():
+    lines.append(f"- gradient agreement of the {view!r} view with the exact (unrolled) gradient: "
+                 f"cosine {cos['mean']:.3f} on average, {cos['min']:.3f} at least")
   sweep = sanity["eps_sweep"]
   if sweep["accuracy"]:
     lines += ["", f"BPDA-PGD-{sweep['steps']} on the first {sweep['images']} images:", "",
@@ -70,6 +74,14 @@ def markdown(record: dict[str, Any]) -> str:
   for name in dict.fromkeys(r["attack"] for r in rows):
     lines.append(f"- `{name}`: " + next(r["description"] for r in rows if r["attack"] == name))
   return "\n".join(lines) + "\n"
+
+
+def _defense_cost(record: dict[str, Any]) -> list[str]:
+  clean = next((r for r in record["results"] if r["attack"] == "clean"), None)
+  if clean is None:
+    return []
+  return [f"- defense cost: the clean row ({record['images']} images x {record['draws']} draws "
+          f"of the defense) took {clean['wall_s']:.1f} s, compilation included"]
 
 
 def write(record: dict[str, Any], verdicts: dict[str, np.ndarray], directory: str | Path,

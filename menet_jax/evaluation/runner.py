@@ -171,8 +171,8 @@ def context(restored: Restored, variables: Any, source: Restored | None, source_
   def preprocess(x, key):
     return placed.transform(jax.random.split(key, x.shape[0]), x, level(x))
 
-  def through(x, key):
-    return network(placed.attack_view(jax.random.split(key, x.shape[0]), x, level(x)))
+  def through(x, key, view="bpda"):
+    return network(placed.view(view, jax.random.split(key, x.shape[0]), x, level(x)))
 
   source_net = source.network(source_variables) if source is not None else None
   return suite.Context(network=network, defended=lambda x, key: network(preprocess(x, key)),
@@ -222,6 +222,9 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
   defense = defense or restored.defense
   if threat.needs_source and source is None:
     raise ValueError(f"attack {name!r} needs the independently trained copy (--source_workdir)")
+  if params.get("view", "bpda") not in defense.views:
+    raise ValueError(f"attack {name!r} asks for the {params['view']!r} view of the defense's "
+                     f"gradient; {defense.spec()} offers {', '.join(defense.views)}")
   restarts = validation.integer_in("restarts", restarts, 1)
   if not threat.random:
     restarts = 1  # a deterministic attack gives the same example every restart
@@ -263,6 +266,16 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
   return result
 
 
+def _input_gradient(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,
+                    defense: Defense | None, view: str) -> np.ndarray:
+  """(N, D): the gradient of the cross-entropy through view `view` of the defense, one draw."""
+  ctx = context(restored, restored.variables, None, None, eps=0.0, step_size=1.0, defense=defense)
+  y = jnp.asarray(labels, jnp.int32)
+  g = jax.jit(jax.grad(lambda x: jnp.sum(cross_entropy(ctx.through(x, key, view), y))))(
+      jnp.asarray(images, jnp.float32))
+  return np.asarray(g).reshape(len(images), -1)
+
+
 def gradient_check(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,
                    defense: Defense | None = None) -> dict[str, float]:
   """The gradient of the cross-entropy through the defense's attack view at clean images.
@@ -271,13 +284,32 @@ def gradient_check(restored: Restored, images: np.ndarray, labels: np.ndarray, k
     {"finite": fraction of finite entries, "nonzero_images": fraction of images
     whose gradient is not identically zero}.
   """
-  ctx = context(restored, restored.variables, None, None, eps=0.0, step_size=1.0, defense=defense)
-  y = jnp.asarray(labels, jnp.int32)
-  g = jax.jit(jax.grad(lambda x: jnp.sum(cross_entropy(ctx.through(x, key), y))))(
-      jnp.asarray(images, jnp.float32))
-  g = np.asarray(g).reshape(len(images), -1)
+  g = _input_gradient(restored, images, labels, key, defense, "bpda")
   return {"finite": float(np.isfinite(g).mean()),
           "nonzero_images": float(np.any(g != 0, axis=1).mean())}
+
+
+def gradient_agreement(restored: Restored, images: np.ndarray, labels: np.ndarray,
+                       key: jax.Array, defense: Defense | None = None) -> dict[str, Any]:
+  """How well each approximate view follows the exact gradient, where the defense offers one.
+
+  For a defense with an "unrolled" view (the exact gradient through its whole computation),
+  the cosine between that gradient and each other view's, per image, under the same draw.
+
+  Returns:
+    {view: {"mean": mean cosine, "min": smallest}} ({} when there is no exact view).
+  """
+  defense = defense or restored.defense
+  if "unrolled" not in defense.views:
+    return {}
+  grads = {v: _input_gradient(restored, images, labels, key, defense, v) for v in defense.views}
+  exact = grads.pop("unrolled")
+
+  def cosine(a, b):
+    return np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
+                                         np.finfo(np.float32).tiny)
+  return {v: {"mean": float(cosine(g, exact).mean()), "min": float(cosine(g, exact).min())}
+          for v, g in grads.items()}
 
 
 def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
@@ -286,6 +318,9 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
              sanity_images: int, defense: Defense | None = None, store: RowStore | None = None,
              log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Runs the attack rows, the worst case over them and the sanity checks.
+
+  A "clean" row comes first whether asked for or not: every report gives the defense's clean
+  accuracy beside its robust ones (and, through its wall time, what the defense costs).
 
   Args:
     rows: canonical attack strings, from `suite.parse_attacks`.
@@ -307,6 +342,7 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
   defense = defense or restored.defense
   common = dict(restarts=restarts, draws=draws, attack_key=attack_key, eval_key=eval_key,
                 batch_size=batch_size, defense=defense, store=store)
+  rows = list(rows) if "clean" in rows else ["clean", *rows]
   results = []
   for spec in rows:
     r = run_attack(restored, source, images, labels, spec=spec, eps=eps, step_size=step_size,
@@ -338,13 +374,18 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
     sweep_rows.append(r)
   checks += sanity.eps_sweep(sweep, m) + sanity.attack_order(results, defense.randomized) + \
       sanity.steps_monotone(results)
+  agreement = gradient_agreement(restored, images[:m], labels[:m], jax.random.fold_in(root, 3),
+                                 defense=defense)
+  for view, cos in agreement.items():
+    log(f"  gradient agreement: {view} against unrolled, cosine mean {cos['mean']:.3f} "
+        f"min {cos['min']:.3f}")
   verdicts = {r.spec: r.correct for r in results}
   verdicts["worst_case"] = worst
   record = {"results": [r.summary() for r in results], "worst_case": worst_summary,
             "sanity": {"checks": [dataclasses.asdict(c) for c in checks],
                        "eps_sweep": {"attack": "bpda_pgd", "steps": sweep_steps, "images": m,
                                      "accuracy": [{"eps": e, "accuracy": a} for e, a in sweep]},
-                       "gradients": grads},
+                       "gradients": grads, "gradient_agreement": agreement},
             "eps": eps, "step_size": step_size, "restarts": restarts, "draws": draws,
             "seed": seed, "images": len(images), "batch_size": batch_size,
             "defense": defense.describe(),

@@ -72,7 +72,9 @@ class Context:
   Attributes:
     network: x -> logits of the target's network alone (no defense).
     defended: (x, key) -> logits of the whole target under one draw of its defense.
-    through: like `defended`, with the gradient of the defense's attack view (BPDA).
+    through: (x, key, view) -> logits like `defended`, differentiated through the defense's
+      view `view` of its gradient ("bpda", the identity, unless the defense offers others,
+      `Defense.views`).
     preprocess: (x, key) -> the defended input under one draw (x for the identity).
     source: x -> logits of the independently trained copy (transfer attacks), or None.
     defense: the target's defense.
@@ -81,7 +83,7 @@ class Context:
   """
   network: Logits
   defended: RandomLogits
-  through: RandomLogits
+  through: Callable[..., jax.Array]
   preprocess: Callable[[jax.Array, jax.Array], jax.Array]
   source: Logits | None
   defense: Defense
@@ -215,12 +217,18 @@ _network_attacks("", "gray-box", lambda ctx: ctx.network,
 _network_attacks("transfer_", "transfer", lambda ctx: ctx.source, "the independently trained copy")
 
 
+def _through(ctx: Context, view: str) -> RandomLogits:
+  return lambda xa, k: ctx.through(xa, k, view)
+
+
 @register("bpda_pgd", threat=Threat("white-box", "pgd", "cross_entropy", iterative=True,
                                     random=True),
-          description="PGD through the defense, BPDA identity backward, a fresh draw per step")
-def _bpda_pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
+          description="PGD through the defense's gradient view (BPDA identity by default), a "
+                      "fresh draw per step")
+def _bpda_pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None,
+              view: str = "bpda"):
   k_start, k_draws = jax.random.split(key)
-  return attacks.pgd(_fresh(ctx.through, attacks.cross_entropy, y, k_draws), k_start, x,
+  return attacks.pgd(_fresh(_through(ctx, view), attacks.cross_entropy, y, k_draws), k_start, x,
                      eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps))
 
 
@@ -229,20 +237,21 @@ def _bpda_pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None
           description="BPDA-PGD with EOT: each step averages `samples` draws (one for a "
                       "deterministic defense); keeps the iterate with the highest average loss")
 def _bpda_eot(ctx, key, x, y, *, steps: int = 20, samples: int = 40,
-              step_size: float | None = None, chunk: int = 8):
+              step_size: float | None = None, chunk: int = 8, view: str = "bpda"):
   k_start, k_draws = jax.random.split(key)
   samples = samples if ctx.defense.randomized else 1
-  loss = attacks.eot(lambda xa, k: attacks.cross_entropy(ctx.through(xa, k), y), k_draws,
+  loss = attacks.eot(lambda xa, k: attacks.cross_entropy(ctx.through(xa, k, view), y), k_draws,
                      samples, chunk=min(chunk, samples))
   return attacks.pgd(loss, k_start, x, eps=ctx.eps, step_size=ctx.step(step_size),
                      steps=_positive_steps(steps), keep_best=True)
 
 
 def _apgd(loss):
-  def run(ctx, key, x, y, *, steps: int = 20, samples: int = 1, chunk: int = 8):
+  def run(ctx, key, x, y, *, steps: int = 20, samples: int = 1, chunk: int = 8,
+          view: str = "bpda"):
     k_start, k_draws = jax.random.split(key)
     samples = samples if ctx.defense.randomized else 1
-    averaged = attacks.eot(lambda xa, k: loss(ctx.through(xa, k), y), k_draws, samples,
+    averaged = attacks.eot(lambda xa, k: loss(ctx.through(xa, k, view), y), k_draws, samples,
                            chunk=min(chunk, samples))
     return attacks.apgd(averaged, k_start, x, eps=ctx.eps, steps=_positive_steps(steps))
   return run
@@ -263,8 +272,8 @@ register("apgd_dlr", threat=Threat("white-box", "apgd", "dlr", iterative=True, r
                       "defended image, projected onto the eps-ball")
 def _approx_input(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
   k_pre, k_draws = jax.random.split(key)
-  return attacks.pgd(_fresh(ctx.through, attacks.cross_entropy, y, k_draws), k_pre, x,
-                     eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps),
+  return attacks.pgd(_fresh(_through(ctx, "bpda"), attacks.cross_entropy, y, k_draws), k_pre,
+                     x, eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps),
                      start=ctx.preprocess(x, k_pre))
 
 
@@ -275,7 +284,7 @@ def _approx_input(ctx, key, x, y, *, steps: int = 20, step_size: float | None = 
 def _projected_bpda(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None,
                     rank: int = 5):
   layout = getattr(ctx.defense, "layout", "concat")
-  return attacks.projected_pgd(_fresh(ctx.through, attacks.cross_entropy, y, key), x,
+  return attacks.projected_pgd(_fresh(_through(ctx, "bpda"), attacks.cross_entropy, y, key), x,
                                eps=ctx.eps, step_size=ctx.step(step_size),
                                steps=_positive_steps(steps), rank=rank, layout=layout)
 

@@ -22,6 +22,7 @@ from menet_jax.models.densenet import DenseNet
 from menet_jax.models.lenet import LeNet
 from menet_jax.models.normalize import NORMALIZATION
 from menet_jax.models.resnet import ResNet
+from menet_jax.models.ride_cnn import RIDEMnistCNN
 from menet_jax.models.small_cnn import SmallCNN
 from menet_jax.models.wide_resnet import WideResNet
 from menet_jax.utils import validation
@@ -33,9 +34,14 @@ MODELS = Registry("model")
 _HIDDEN = ("parent", "name", "num_classes", "mean", "std")
 
 
-def register(name: str, cls: type[Classifier], **fixed) -> None:
-  """Adds a `Classifier` subclass under `name`, with `fixed` architecture attributes."""
-  MODELS.register(name, cls, fixed=fixed, hidden=_HIDDEN)
+def register(name: str, cls: type[Classifier], *, normalization: str | None = None,
+             **fixed) -> None:
+  """Adds a `Classifier` subclass under `name`, with `fixed` architecture attributes.
+
+  normalization: a key of `NORMALIZATION` that the model's recipe prescribes whatever the
+  dataset (`normalization_of`); None normalises with the dataset's statistics.
+  """
+  MODELS.register(name, cls, fixed=fixed, hidden=_HIDDEN, normalization=normalization)
 
 
 register("lenet", LeNet)
@@ -44,6 +50,13 @@ register("wrn-28-10", WideResNet, depth=28, widen_factor=10)
 register("wrn-34-10", WideResNet, depth=34, widen_factor=10)
 register("densenet121", DenseNet, block_sizes=(6, 12, 24, 16), growth_rate=32, bn_size=4)
 register("small_cnn", SmallCNN)
+register("ride_mnist_cnn", RIDEMnistCNN, normalization="mnist_examples")
+
+
+def normalization_of(name: str, dataset_stats: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) for model `name` on a dataset whose statistics are `dataset_stats`."""
+  return NORMALIZATION[MODELS.entry(name.split("(")[0]).metadata["normalization"]
+                       or dataset_stats]
 
 
 def names() -> tuple[str, ...]:
@@ -90,5 +103,5 @@ def create(name: str, *, num_classes: int, mean: Sequence[float] | None = None,
   return MODELS.lookup(name, **kwargs)(**attributes)
 
 
-__all__ = ["MODELS", "NORMALIZATION", "Classifier", "DenseNet", "LeNet", "ResNet", "SmallCNN",
-           "WideResNet", "create", "names", "register"]
+__all__ = ["MODELS", "NORMALIZATION", "Classifier", "DenseNet", "LeNet", "RIDEMnistCNN", "ResNet",
+           "SmallCNN", "WideResNet", "create", "names", "normalization_of", "register"]

@@ -35,6 +35,8 @@ NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
     # normalisation, i.e. mean 0 and std 1. Fashion-MNIST uses the same model and convention.
     "mnist": ((0.0,), (1.0,)),
     "fashion_mnist": ((0.0,), (1.0,)),
+    # The MNIST mean and std of the PyTorch examples' MNIST CNN (RIDE's Table 2 classifier).
+    "mnist_examples": ((0.1307,), (0.3081,)),
 }
 
 

@@ -11,7 +11,6 @@ import optax
 from flax.training import train_state
 
 from menet_jax import models
-from menet_jax.models import normalize
 
 if TYPE_CHECKING:  # the config imports the objectives, which import this module
   from menet_jax.training.config import Config
@@ -37,8 +36,9 @@ def optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformat
 
 
 def create_model(config: Config) -> nn.Module:
-  """The run's classifier, normalising with its dataset's statistics."""
-  mean, std = normalize.NORMALIZATION[_NORMALIZATION_KEY.get(config.dataset, config.dataset)]
+  """The run's classifier, normalising with its dataset's statistics (or its recipe's)."""
+  mean, std = models.normalization_of(
+      config.model, _NORMALIZATION_KEY.get(config.dataset, config.dataset))
   return models.create(config.model, num_classes=config.num_classes, mean=mean, std=std)
 
 

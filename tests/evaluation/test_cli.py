@@ -34,7 +34,7 @@ def _cli(args, entry="experiments.cifar10"):
 @pytest.mark.parametrize("args, match", [
     (["--attacks=clean,pgdd"], "error: unknown attack 'pgdd'; known: apgd_ce"),
     (["--attacks=bpda_eot(sampels=3)"], "error: attack 'bpda_eot' has no argument 'sampels'; "
-                                        "it takes steps, samples, step_size, chunk"),
+                                        "it takes steps, samples, step_size, chunk, view"),
     (["--attack_steps=0"], "error: attack_steps must be an integer >= 1"),
     (["--attack_steps=7.5"], "error: attack_steps must be ints"),
     (["--sanity_eps=-1"], "error: sanity_eps must be in [0.0, 1.0]"),
@@ -191,3 +191,18 @@ def test_a_failed_sanity_check_fails_the_command_unless_allowed(trained_run):
   allowed = run("--allow_failed_checks")
   assert allowed.returncode == 0, allowed.stderr[-3000:]
   assert "SANITY CHECKS FAILED" in allowed.stderr
+
+
+def test_any_defense_in_front_of_a_trained_classifier(trained_run):
+  # The run was trained behind ME-Net; evaluation puts a test-time defense there instead.
+  proc = _cli([f"--workdir={trained_run}", "--defense=median(k=3, padding=reflect)",
+               "--attacks=clean,bpda_pgd", *SETTINGS, "--eval_name=median"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((trained_run / "eval" / "median.json").read_text())
+  assert record["defense"] == {"defense": "median", "k": 3, "padding": "reflect"}
+  assert [r["label"] for r in record["results"]] == ["clean", "bpda_pgd-2"]
+  assert "defense cost: the clean row" in (trained_run / "eval" / "median.md").read_text()
+  bad = _cli([f"--workdir={trained_run}", "--defense=median(k=3)",
+              "--attacks=bpda_pgd(view=frozen)", *SETTINGS, "--eval_name=bad"])
+  assert bad.returncode == 2
+  assert "offers bpda" in bad.stderr

@@ -143,3 +143,18 @@ def test_every_registered_attack_runs_through_a_defense_within_eps():
     assert r.max_linf <= 0.05 + 1e-6, name
     assert 0.0 <= r.robust_all_draws <= r.mean_over_draws <= 1.0, name
     assert r.steps == (2 if suite.threat(name).iterative else None), name
+
+
+def test_ride_is_evaluated_through_its_views_with_the_gradient_agreement():
+  vanilla, x, y = _data()
+  d = defenses.create("ride(k=2, t=2, network=cifar)")
+  record, verdicts = evaluation.evaluate(
+      vanilla, None, x[:4], y[:4], rows=["bpda_pgd(steps=1, view=frozen)"], eps=0.03,
+      step_size=0.01, restarts=1, draws=1, seed=0, batch_size=4, sanity_eps=[],
+      sanity_images=2, defense=d)
+  assert [r["label"] for r in record["results"]] == ["clean", "bpda_pgd-1"]  # clean added
+  assert record["results"][1]["spec"].endswith("view=frozen)")
+  agreement = record["sanity"]["gradient_agreement"]
+  assert set(agreement) == {"bpda", "frozen"}
+  assert all(-1 <= c["min"] <= c["mean"] <= 1 for c in agreement.values())
+  assert verdicts["worst_case"].shape == (1, 4)

@@ -10,8 +10,8 @@ def test_parse_attacks_expands_steps_and_writes_every_parameter():
       suite.split_list("clean,pgd,bpda_eot@200,bpda_eot(steps=20, samples=10),spsa(samples=64)"),
       [7, 20])
   assert rows == ["clean", "pgd(step_size=None,steps=7)", "pgd(step_size=None,steps=20)",
-                  "bpda_eot(chunk=8,samples=40,step_size=None,steps=200)",
-                  "bpda_eot(chunk=8,samples=10,step_size=None,steps=20)",
+                  "bpda_eot(chunk=8,samples=40,step_size=None,steps=200,view=bpda)",
+                  "bpda_eot(chunk=8,samples=10,step_size=None,steps=20,view=bpda)",
                   "spsa(delta=0.01,lr=0.01,samples=64,steps=100)"]
 
 
@@ -22,7 +22,7 @@ def test_split_list_keeps_commas_inside_parentheses():
 @pytest.mark.parametrize("entry, match", [
     ("pgdd", "unknown attack 'pgdd'; known: apgd_ce, .*bpda_eot"),
     ("bpda_eot(sampels=3)", "attack 'bpda_eot' has no argument 'sampels'; it takes steps, "
-                            "samples, step_size, chunk"),
+                            "samples, step_size, chunk, view"),
     ("bpda_eot(steps=2.5)", "attack 'bpda_eot': steps must be int, got 2.5"),
     ("clean@5", "attack 'clean' does not take the runner's steps"),
     ("pgd@x", "steps in 'pgd@x' must be integers"),

@@ -79,6 +79,9 @@ def _densenet121_count(classes):
     # torchvision.models.densenet121 documentation (224x224 inputs; the count does not depend
     # on the input size).
     ("densenet121", 1000, (1, 64, 64, 3), 7_978_856, _densenet121_count(1000)),
+    # The PyTorch-examples MNIST CNN of RIDE's Table 2: (20*25 + 20) + (50*20*25 + 50) +
+    # (800*500 + 500) + (500*10 + 10).
+    ("ride_mnist_cnn", 10, (1, 28, 28, 1), 431_080, 520 + 25_050 + 400_500 + 5_010),
 ])
 def test_parameter_counts(name, classes, shape, published, analytic):
   assert analytic == published
@@ -280,12 +283,13 @@ def test_normalization_constants():
     channels = 1 if "mnist" in name else 3
     assert len(mean) == len(std) == channels
     assert all(0 <= m < 1 for m in mean) and all(0 < s <= 1 for s in std)
-  assert set(models.NORMALIZATION) == {"cifar10", "svhn", "tiny_imagenet", "mnist", "fashion_mnist"}
+  assert set(models.NORMALIZATION) == {"cifar10", "svhn", "tiny_imagenet", "mnist", "fashion_mnist",
+                                     "mnist_examples"}
 
 
 def test_registry_names_and_classes():
-  assert models.names() == ("densenet121", "lenet", "resnet18", "small_cnn", "wrn-28-10",
-                            "wrn-34-10")
+  assert models.names() == ("densenet121", "lenet", "resnet18", "ride_mnist_cnn", "small_cnn",
+                            "wrn-28-10", "wrn-34-10")
   wrn = models.create("wrn-28-10", num_classes=100, mean=np.full(3, 0.5), std=[0.25] * 3,
                       dtype=jnp.bfloat16)
   assert isinstance(wrn, WideResNet) and isinstance(wrn, nn.Module)
@@ -328,3 +332,11 @@ def test_wide_resnet_rejects_bad_depth():
   model = WideResNet(depth=30)
   with pytest.raises(ValueError, match="depth must be 6 n"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+
+
+def test_a_model_may_prescribe_its_own_normalisation():
+  # The examples' CNN normalises MNIST with mean 0.1307 / std 0.3081; Madry's LeNet takes raw
+  # pixels; the others take their dataset's statistics.
+  assert models.normalization_of("ride_mnist_cnn", "mnist") == ((0.1307,), (0.3081,))
+  assert models.normalization_of("lenet", "mnist") == ((0.0,), (1.0,))
+  assert models.normalization_of("small_cnn", "cifar10") == models.NORMALIZATION["cifar10"]
