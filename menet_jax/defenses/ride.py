@@ -49,7 +49,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from menet_jax.defenses.base import DEFENSES, Defense

@@ -8,7 +8,6 @@ from scipy import ndimage
 from skimage.restoration import denoise_tv_bregman, denoise_tv_chambolle
 
 from menet_jax import defenses
-from menet_jax.defenses import median, tv
 
 KEYS = jax.random.split(jax.random.key(0), 2)
 
