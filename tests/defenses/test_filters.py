@@ -86,3 +86,16 @@ def test_filters_are_deterministic_and_attacked_through_bpda():
     g = jax.grad(lambda a: jnp.sum(d.attack_view(KEYS, a, jnp.ones(2)) ** 2))(x)
     # BPDA identity: the cotangent of sum(out^2) is 2 out, passed through unchanged.
     np.testing.assert_allclose(g, 2 * d.transform(KEYS, x, jnp.ones(2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 3, 9, 25, 49, 81, 121])
+def test_the_sorting_network_finds_the_median(n):
+  from menet_jax.defenses.median import median_of, sorting_network
+  size = 1 << (n - 1).bit_length()
+  # The 0-1 principle: a comparator network sorts every input if it sorts every 0/1 input;
+  # random 0/1 and real inputs (with ties) exercise it here.
+  rng = np.random.default_rng(n)
+  values = rng.integers(0, 2 if n > 9 else 4, (n, 500)).astype(np.float32)
+  got = np.asarray(median_of([jnp.asarray(v) for v in values]))
+  np.testing.assert_array_equal(got, np.sort(values, axis=0)[n // 2])
+  assert all(a < b < size for a, b in sorting_network(size))

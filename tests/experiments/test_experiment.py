@@ -94,7 +94,7 @@ def test_defense_and_objective_flags_set_any_combination():
     (["--epochs=0"], "epochs"),
     (["--inference=vote", "--votes=0"], "votes"),
     (["--defense=menet(method=usvt, kep=1)"], "method 'usvt' has no argument 'kep'; it takes keep"),
-    (["--defense=nope"], "unknown defense 'nope'; known: identity, menet"),
+    (["--defense=nope"], "unknown defense 'nope'; known: identity, median, menet"),
     (["--objective=pgd_at(epss=1)"], "objective 'pgd_at' has no argument 'epss'; it takes eps"),
     (["--objective=pgd_at(steps=0)"], "steps must be an integer >= 1"),
 ])
