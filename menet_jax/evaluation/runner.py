@@ -197,6 +197,23 @@ def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, *, 
   return jnp.all(correct, axis=0), jnp.max(linf)
 
 
+def check_attack(spec: str, defense: Defense, *, has_source: bool
+                 ) -> tuple[str, dict[str, Any], suite.Threat]:
+  """(name, parameters, threat model) of an attack string that can run against `defense`.
+
+  Raises ValueError, before anything runs, for an unknown attack or argument, a transfer attack
+  without a source model, or a gradient view that the defense does not offer.
+  """
+  name, params = suite.ATTACKS.bind(spec)
+  threat = suite.threat(name)
+  if threat.needs_source and not has_source:
+    raise ValueError(f"attack {name!r} needs the independently trained copy (--source_workdir)")
+  if params.get("view", "bpda") not in defense.views:
+    raise ValueError(f"attack {name!r} asks for the {params['view']!r} view of the defense's "
+                     f"gradient; {defense.spec()} offers {', '.join(defense.views)}")
+  return name, params, threat
+
+
 def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
                labels: np.ndarray, *, spec: str, eps: float, step_size: float, restarts: int,
                draws: int, attack_key: jax.Array, eval_key: jax.Array, batch_size: int,
@@ -216,15 +233,9 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
     indices: (N,) the images' indices in their split (default arange(N)).
     store: where finished rows are kept (and read back instead of recomputed).
   """
-  name, params = suite.ATTACKS.bind(spec)
-  spec = suite.format_spec(name, params)
-  threat = suite.threat(name)
   defense = defense or restored.defense
-  if threat.needs_source and source is None:
-    raise ValueError(f"attack {name!r} needs the independently trained copy (--source_workdir)")
-  if params.get("view", "bpda") not in defense.views:
-    raise ValueError(f"attack {name!r} asks for the {params['view']!r} view of the defense's "
-                     f"gradient; {defense.spec()} offers {', '.join(defense.views)}")
+  name, params, threat = check_attack(spec, defense, has_source=source is not None)
+  spec = suite.format_spec(name, params)
   restarts = validation.integer_in("restarts", restarts, 1)
   if not threat.random:
     restarts = 1  # a deterministic attack gives the same example every restart
@@ -343,6 +354,9 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
   common = dict(restarts=restarts, draws=draws, attack_key=attack_key, eval_key=eval_key,
                 batch_size=batch_size, defense=defense, store=store)
   rows = list(rows) if "clean" in rows else ["clean", *rows]
+  for spec in rows:  # every row's arguments, before the first one runs
+    check_attack(spec, defense, has_source=source is not None)
+  m = validation.integer_in("sanity_images", sanity_images, 1, len(images))
   results = []
   for spec in rows:
     r = run_attack(restored, source, images, labels, spec=spec, eps=eps, step_size=step_size,
@@ -358,7 +372,6 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
   log(f"{'worst case':>20}  accuracy {worst_summary['accuracy']:7.2%}  robust in all "
       f"{worst_summary['robust_all_draws']:7.2%}")
 
-  m = validation.integer_in("sanity_images", sanity_images, 1, len(images))
   grads = gradient_check(restored, images[:m], labels[:m], jax.random.fold_in(root, 2),
                          defense=defense)
   checks = sanity.gradients(grads)

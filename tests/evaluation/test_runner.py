@@ -158,3 +158,18 @@ def test_ride_is_evaluated_through_its_views_with_the_gradient_agreement():
   assert set(agreement) == {"bpda", "frozen"}
   assert all(-1 <= c["min"] <= c["mean"] <= 1 for c in agreement.values())
   assert verdicts["worst_case"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("rows, match", [
+    (["clean", "pgd(steps=1)", "bpda_pgd(steps=1, view=frozen)"], "offers bpda"),
+    (["clean", "transfer_pgd(steps=1)"], "needs the independently trained copy"),
+    (["clean", "pgd(steps=1, samples=3)"], "samples"),
+])
+def test_every_row_is_checked_before_the_first_runs(rows, match):
+  vanilla, x, y = _data()
+  logged = []
+  with pytest.raises(ValueError, match=match):
+    evaluation.evaluate(vanilla, None, x, y, rows=rows, eps=0.03, step_size=0.01, restarts=1,
+                        draws=1, seed=0, batch_size=4, sanity_eps=[], sanity_images=2,
+                        defense=defenses.create("median"), log=logged.append)
+  assert logged == []  # no row ran
