@@ -9,8 +9,11 @@ the mirror image without repeating the edge ("reflect": numpy's reflect,
 scipy's "mirror"; the RIDE release's MNIST demo). k is odd, so the median is
 the middle of the k^2 sorted values, not an average, found with Batcher's
 odd-even merge sorting network (elementwise min / max over the k^2 shifted
-images: 34 times faster than a sort along a short axis on CPU). Deterministic;
-attacked through BPDA's identity.
+images: 34 times faster than a sort along a short axis on CPU). Deterministic.
+Attacker's views: "bpda" (identity backward) and "exact", the gradient of the
+sorting network itself: each output pixel passes its cotangent to the input
+pixel that is its window's median (shared among tied values; nothing to the
+padding).
 
     median(k=3, padding=zero)
 """
@@ -83,6 +86,15 @@ class Median(Defense):
 
   def transform(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
     return median_filter(x, self.k, self.padding)
+
+  @property
+  def views(self) -> tuple[str, ...]:
+    return ("bpda", "exact")
+
+  def view(self, name: str, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
+    if name == "exact":  # min / max are differentiable almost everywhere: no approximation
+      return self.transform(keys, x, level)
+    return super().view(name, keys, x, level)
 
   def describe(self) -> dict[str, Any]:
     return {"defense": "median", "k": self.k, "padding": self.padding}

@@ -97,9 +97,13 @@ class Row:
 
 
 def label(spec: str) -> str:
+  """A row's short name: "bpda_pgd-10"; a non-default gradient view in brackets,
+  "bpda_pgd[frozen]-10"."""
   name, params = parse(spec)
-  return name if params.get("steps") is None or not suite.threat(name).iterative \
-      else f"{name}-{params['steps']}"
+  short = name if params.get("view", "bpda") == "bpda" else f"{name}[{params['view']}]"
+  if params.get("steps") is None or not suite.threat(name).iterative:
+    return short
+  return f"{short}-{params['steps']}"
 
 
 def worst_case(rows: Sequence[Row]) -> np.ndarray:

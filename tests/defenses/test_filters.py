@@ -99,3 +99,22 @@ def test_the_sorting_network_finds_the_median(n):
   got = np.asarray(median_of([jnp.asarray(v) for v in values]))
   np.testing.assert_array_equal(got, np.sort(values, axis=0)[n // 2])
   assert all(a < b < size for a, b in sorting_network(size))
+
+
+def test_the_exact_median_view_passes_the_gradient_to_the_median_pixel():
+  rng = np.random.default_rng(5)
+  x = rng.uniform(0.5, 1.0, (1, 7, 6, 2))  # no ties; the zero padding is below every pixel
+  w = rng.normal(size=x.shape)
+  d = defenses.create("median(k=3)")
+  g = np.asarray(jax.grad(lambda a: jnp.sum(w * d.view("exact", None, a, None)))(
+      jnp.asarray(x, jnp.float32)))
+  ref = np.zeros_like(x)
+  padded = np.pad(x[0], ((1, 1), (1, 1), (0, 0)))
+  for i, j, c in np.ndindex(x.shape[1:]):
+    a, b = divmod(int(np.argsort(padded[i:i + 3, j:j + 3, c].ravel())[4]), 3)
+    if 0 <= i + a - 1 < 7 and 0 <= j + b - 1 < 6:  # a median taken from the padding has no input
+      ref[0, i + a - 1, j + b - 1, c] += w[0, i, j, c]
+  np.testing.assert_allclose(g, ref, atol=1e-6)
+  assert np.any(ref == 0) and np.any(ref != 0)
+  bpda = jax.grad(lambda a: jnp.sum(w * d.view("bpda", None, a, None)))(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(bpda, w, rtol=1e-6)

@@ -152,7 +152,7 @@ def test_ride_is_evaluated_through_its_views_with_the_gradient_agreement():
       vanilla, None, x[:4], y[:4], rows=["bpda_pgd(steps=1, view=frozen)"], eps=0.03,
       step_size=0.01, restarts=1, draws=1, seed=0, batch_size=4, sanity_eps=[],
       sanity_images=2, defense=d)
-  assert [r["label"] for r in record["results"]] == ["clean", "bpda_pgd-1"]  # clean added
+  assert [r["label"] for r in record["results"]] == ["clean", "bpda_pgd[frozen]-1"]  # clean added
   assert record["results"][1]["spec"].endswith("view=frozen)")
   agreement = record["sanity"]["gradient_agreement"]
   assert set(agreement) == {"bpda", "frozen"}
