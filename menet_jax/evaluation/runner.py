@@ -250,7 +250,8 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
   row = dict(spec=spec, attack=name, label=label(spec), threat=threat.access,
              steps=params.get("steps") if threat.iterative else None, eps=eps,
              description=suite.description(name))
-  what = {"spec": spec, "eps": eps, "step_size": step_size}
+  # The images of this call: the sanity sweep attacks a prefix of the evaluation's images.
+  what = {"spec": spec, "eps": eps, "step_size": step_size, "images": len(images)}
   stored = store.get(what) if store is not None else None
   if stored is not None:
     return Row(**row, correct=stored["correct"], max_linf=stored["max_linf"],

@@ -173,3 +173,14 @@ def test_every_row_is_checked_before_the_first_runs(rows, match):
                         draws=1, seed=0, batch_size=4, sanity_eps=[], sanity_images=2,
                         defense=defenses.create("median"), log=logged.append)
   assert logged == []  # no row ran
+
+
+def test_a_sweep_on_fewer_images_never_reuses_a_row_of_all_images(tmp_path):
+  # The sweep's radius, attack and step (max(0.03, 2.5 x 0.02 / 2)) equal the main row's; it
+  # attacks the first 4 images only, so it must be computed, not read back.
+  vanilla, x, y = _data()
+  store = runner.RowStore(tmp_path, {"run": "test"})
+  evaluation.evaluate(vanilla, None, x, y, rows=["bpda_pgd(steps=2)"], eps=0.02, step_size=0.03,
+                      restarts=1, draws=1, seed=0, batch_size=6, sanity_eps=[0.02],
+                      sanity_images=4, store=store)
+  assert store.reused == [] and len(store.computed) == 3  # clean, the row, the sweep
