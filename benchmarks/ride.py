@@ -89,7 +89,7 @@ def _filter_rows(images: np.ndarray) -> list[str]:
         ref(image[..., c].astype(np.float64))
     ref_rate = 50 / (time.perf_counter() - start)
     rows.append(f"| {spec} | {len(images) / seconds:.0f} | {ref_rate:.0f} | "
-                f"{len(images) / seconds / ref_rate:.1f}x |")
+                f"{len(images) / seconds / ref_rate:.2g}x |")
   return rows
 
 

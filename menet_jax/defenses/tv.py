@@ -171,6 +171,13 @@ def bregman(f: jax.Array, weight: float, eps: float, max_iters: int, isotropic: 
   return u[rr + cc, rr]
 
 
+def _check_stopping(weight: float, eps: float, max_iters: int) -> None:
+  """The parameters both TV defenses share, with scikit-image's ranges."""
+  validation.number_in("weight", weight, 0.0, np.inf, lo_open=True)
+  validation.number_in("eps", eps, 0.0, np.inf)
+  validation.integer_in("max_iters", max_iters, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class TVChambolle(Defense):
   """Attributes as scikit-image's: weight (> 0; larger smooths more), eps, max_iters; joint
@@ -182,9 +189,7 @@ class TVChambolle(Defense):
   joint: bool = False
 
   def __post_init__(self):
-    validation.number_in("weight", self.weight, 0.0, np.inf, lo_open=True)
-    validation.number_in("eps", self.eps, 0.0, np.inf)
-    validation.integer_in("max_iters", self.max_iters, 1)
+    _check_stopping(self.weight, self.eps, self.max_iters)
 
   def transform(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
     run = functools.partial(chambolle, weight=self.weight, eps=self.eps,
@@ -205,9 +210,7 @@ class TVBregman(Defense):
   isotropic: bool = True
 
   def __post_init__(self):
-    validation.number_in("weight", self.weight, 0.0, np.inf, lo_open=True)
-    validation.number_in("eps", self.eps, 0.0, np.inf)
-    validation.integer_in("max_iters", self.max_iters, 1)
+    _check_stopping(self.weight, self.eps, self.max_iters)
 
   def check(self, image_shape: tuple[int, int, int]) -> None:
     if min(image_shape[:2]) < 2:

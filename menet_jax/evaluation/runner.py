@@ -324,8 +324,8 @@ def gradient_agreement(restored: Restored, images: np.ndarray, labels: np.ndarra
   def cosine(a, b):
     return np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
                                          np.finfo(np.float32).tiny)
-  return {v: {"mean": float(cosine(g, exact).mean()), "min": float(cosine(g, exact).min())}
-          for v, g in grads.items()}
+  cosines = {v: cosine(g, exact) for v, g in grads.items()}
+  return {v: {"mean": float(c.mean()), "min": float(c.min())} for v, c in cosines.items()}
 
 
 def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
