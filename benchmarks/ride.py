@@ -9,6 +9,9 @@ PyTorch one image at a time as the release runs it (references/ride_torch.py, CP
 `--torch_threads` threads), median seconds per image over `--ref_images` images. Rates are
 images/s and images x Adam steps / s; the ratio is of images/s at the same K and T.
 
+Convolution paths: the same fit at `--conv_k` x 5 steps with each of RIDE's convolution
+paths (im2col + einsum, vmapped grouped convolution) and as a per-image loop (lax.map).
+
 Median and TV: the defense on `--filter_images` CIFAR-10 images against scipy's
 median_filter and scikit-image's denoise_tv_* called per image and channel.
 """
@@ -24,6 +27,7 @@ import numpy as np
 from absl import app, flags
 
 from menet_jax import data, defenses
+from menet_jax.defenses import ride
 from menet_jax.utils import machine
 from references import ride_torch
 
@@ -36,6 +40,7 @@ _CIFAR_K = flags.DEFINE_integer("cifar_k", 100, "Steps per stage on CIFAR-10 (th
 _CIFAR_BATCH = flags.DEFINE_integer("cifar_batch", 8, "Images per batched RIDE call, CIFAR-10.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "PyTorch intra-op threads.")
 _FILTER_IMAGES = flags.DEFINE_integer("filter_images", 200, "Images for median / TV.")
+_CONV_K = flags.DEFINE_integer("conv_k", 20, "Steps per stage of the convolution-path rows.")
 
 
 def _time_batched(defense, x: np.ndarray, rounds: int) -> tuple[float, float]:
@@ -69,6 +74,32 @@ def _ride_row(name: str, network: str, images: np.ndarray, k: int, t: int, batch
   steps = k * t
   return (f"| {name} | {k} x {t} | {ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
           f"{theirs:.3g} ({theirs * steps:.0f}) | {ours / theirs:.2f}x |")
+
+
+def _conv_rows(images: dict[str, np.ndarray], k: int) -> list[str]:
+  """Image-steps/s of a RIDE fit (k x 5 steps) per convolution path, and of a per-image loop
+  (lax.map over the images instead of vmap) with the default path."""
+  rows = []
+  for name, x in images.items():
+    rates = {}
+    for conv in (*ride.CONVS, "loop"):
+      defense = defenses.create(f"ride(k={k}, t=5, conv={'im2col' if conv == 'loop' else conv})")
+      if conv == "loop":
+        defense = _Loop(defense)
+      _, seconds = _time_batched(defense, x, _ROUNDS.value)
+      rates[conv] = len(x) * k * 5 / seconds
+    rows.append(f"| {name} | {len(x)} | " + " | ".join(f"{r:.0f}" for r in rates.values()) + " |")
+  return rows
+
+
+class _Loop:
+  """A RIDE defense whose transform fits one image after another (lax.map), not all at once."""
+
+  def __init__(self, defense):
+    self.defense = defense
+
+  def transform(self, keys, x, level):
+    return jax.lax.map(lambda a: self.defense.fit(a[0], a[1])[0], (keys, x))
 
 
 def _filter_rows(images: np.ndarray) -> list[str]:
@@ -106,6 +137,10 @@ def main(argv):
           _ride_row("MNIST", "mnist", mnist, preset.k, preset.t, _BATCH.value),
           _ride_row("CIFAR-10", "cifar", cifar, _CIFAR_K.value, 5, _CIFAR_BATCH.value)]
   print("\n".join(rows), flush=True)
+  print(f"\n| data | images | img x steps/s: {' | '.join(ride.CONVS)} | per-image loop |\n"
+        f"|---|---|{'---|' * (len(ride.CONVS) + 1)}")
+  print("\n".join(_conv_rows({"MNIST": mnist[:_BATCH.value], "CIFAR-10": cifar[:_CIFAR_BATCH.value]},
+                              _CONV_K.value)), flush=True)
   print("\n| defense | menet_jax img/s | scipy / scikit-image img/s | ratio |\n|---|---|---|---|")
   print("\n".join(_filter_rows(cifar[:_FILTER_IMAGES.value])))
 

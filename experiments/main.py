@@ -85,6 +85,8 @@ def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_list("lr_boundaries", None, "Epochs at which lr is multiplied by lr_decay.", **fv)
   flags.DEFINE_float("lr_decay", None, "Step decay factor (0.1).", **fv)
   flags.DEFINE_float("momentum", None, "SGD momentum (0.9).", **fv)
+  flags.DEFINE_enum("optimizer", None, list(config_lib.OPTIMIZERS),
+                    "sgd (momentum; default) or adam (PyTorch's defaults).", **fv)
   flags.DEFINE_float("weight_decay", None, "L2 weight decay (1e-4, the release's).", **fv)
   flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
   flags.DEFINE_float("adv_eps", None, "--mode's PGD radius (default per dataset); with "
@@ -161,9 +163,9 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Confi
   """The validated Config that parsed flags describe (Table 8 defaults for unset ones)."""
   fv = flag_values
   fields = ("workdir", "data_dir", "cache_dir", "train_split", "test_split", "model",
-            "num_classes", "epochs", "batch_size", "lr", "lr_decay", "momentum", "weight_decay",
-            "augment", "seed", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
-            "log_every", "progress")
+            "num_classes", "epochs", "batch_size", "lr", "lr_decay", "momentum", "optimizer",
+            "weight_decay", "augment", "seed", "checkpoint_every", "keep_checkpoints",
+            "eval_batch_size", "log_every", "progress")
   values = {name: fv[name].value for name in fields}
   if fv.lr_boundaries is not None:
     try:

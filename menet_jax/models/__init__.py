@@ -19,11 +19,13 @@ import numpy as np
 
 from menet_jax.models.classifier import Classifier
 from menet_jax.models.densenet import DenseNet
+from menet_jax.models.embedding import EmbeddingClassifier
 from menet_jax.models.lenet import LeNet
 from menet_jax.models.normalize import NORMALIZATION
 from menet_jax.models.resnet import ResNet
 from menet_jax.models.ride_cnn import RIDEMnistCNN
 from menet_jax.models.small_cnn import SmallCNN
+from menet_jax.models.vgg import VGG
 from menet_jax.models.wide_resnet import WideResNet
 from menet_jax.utils import validation
 from menet_jax.utils.registry import Registry
@@ -51,6 +53,12 @@ register("wrn-34-10", WideResNet, depth=34, widen_factor=10)
 register("densenet121", DenseNet, block_sizes=(6, 12, 24, 16), growth_rate=32, bn_size=4)
 register("small_cnn", SmallCNN)
 register("ride_mnist_cnn", RIDEMnistCNN, normalization="mnist_examples")
+register("vgg19_bn", VGG, layout="vgg19", batch_norm=True)
+# The ER-Classifier's (shared/specs/ER-Classifier.md 1.6), on raw pixels as its lineage (WAE).
+for _name, _encoder, _head in (("er_mnist", "wae", "bn_mlp"), ("er_cifar10", "vgg19", "dropout_mlp"),
+                               ("er_stl10", "wae_stl10", "bn_mlp"),
+                               ("er_tiny_imagenet", "vgg16_bn", "wide_mlp")):
+  register(_name, EmbeddingClassifier, normalization="raw", encoder=_encoder, head=_head)
 
 
 def normalization_of(name: str, dataset_stats: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -81,9 +89,9 @@ def create(name: str, *, num_classes: int, mean: Sequence[float] | None = None,
   """The classifier registered as `name`, e.g. create("wrn-34-10", num_classes=10).
 
   Args:
-    name: one of `names()`: "densenet121", "lenet", "resnet18", "small_cnn",
-      "wrn-28-10", "wrn-34-10", or a component string that sets free attributes,
-      "small_cnn(widths=(8, 16))".
+    name: one of `names()` ("densenet121", "er_cifar10", "er_mnist", "lenet", "resnet18",
+      "small_cnn", "vgg19_bn", "wrn-28-10", ...), or a component string that sets free
+      attributes, "small_cnn(widths=(8, 16))", "er_mnist(width=32)".
     num_classes: number of logits, >= 2.
     mean: per-channel input mean (one value, or one per channel) in pixel units;
       None keeps the model's default (`NORMALIZATION` of its dataset: mnist for
@@ -103,5 +111,5 @@ def create(name: str, *, num_classes: int, mean: Sequence[float] | None = None,
   return MODELS.lookup(name, **kwargs)(**attributes)
 
 
-__all__ = ["MODELS", "NORMALIZATION", "Classifier", "DenseNet", "LeNet", "RIDEMnistCNN", "ResNet",
-           "SmallCNN", "WideResNet", "create", "names", "normalization_of", "register"]
+__all__ = ["MODELS", "NORMALIZATION", "VGG", "Classifier", "DenseNet", "EmbeddingClassifier", "LeNet",
+           "RIDEMnistCNN", "ResNet", "SmallCNN", "WideResNet", "create", "names", "normalization_of", "register"]

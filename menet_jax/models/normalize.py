@@ -37,6 +37,8 @@ NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
     "fashion_mnist": ((0.0,), (1.0,)),
     # The MNIST mean and std of the PyTorch examples' MNIST CNN (RIDE's Table 2 classifier).
     "mnist_examples": ((0.1307,), (0.3081,)),
+    # Pixels as they are, on any dataset: the ER-Classifier's lineage (WAE) feeds ToTensor() only.
+    "raw": ((0.0,), (1.0,)),
 }
 
 

@@ -31,6 +31,7 @@ from menet_jax.utils import validation
 from menet_jax.utils.registry import format_spec
 
 MODES = ("vanilla", "pure", "adv", "madry")
+OPTIMIZERS = ("sgd", "adam")
 
 # Table 8 of the paper (model, epochs, lr, lr decay epochs, augmentation) and the PGD of
 # Section 3.3 for adversarial training and as the evaluation's default threat; weight decay
@@ -104,6 +105,8 @@ class Config:
     objective: component string of the training objective (training.objectives).
     epochs, batch_size [global images], lr, lr_boundaries [epochs], lr_decay,
       momentum, weight_decay, augment: optimisation (Table 8).
+    optimizer: "sgd" (with momentum; ME-Net's) or "adam" (PyTorch's defaults, beta
+      0.9 / 0.999, eps 1e-8; the ER-Classifier's); both with coupled L2 weight decay.
     num_classes: logits of the classifier.
     seed: every random draw of the run derives from it.
     checkpoint_every [steps, 0 = once per epoch], keep_checkpoints.
@@ -126,6 +129,7 @@ class Config:
   lr_decay: float = 0.1
   momentum: float = 0.9
   weight_decay: float = 1e-4
+  optimizer: str = "sgd"
   augment: bool = True
   num_classes: int = 10
   seed: int = 0
@@ -219,6 +223,7 @@ class Config:
       raise ValueError(f"lr_boundaries must be strictly increasing epochs, got {self.lr_boundaries}")
     validation.number_in("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
     validation.number_in("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+    validation.choice("optimizer", self.optimizer, OPTIMIZERS)
     validation.number_in("weight_decay", self.weight_decay, 0.0, 1.0)
     validation.integer_in("num_classes", self.num_classes, 2)
     validation.integer_in("seed", self.seed, 0)

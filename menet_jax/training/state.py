@@ -30,9 +30,12 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
 
 
 def optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD with momentum and coupled L2 weight decay on every parameter, as torch.optim.SGD."""
-  return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(learning_rate_schedule(config, steps_per_epoch), config.momentum))
+  """The config's optimizer with coupled L2 weight decay on every parameter, as torch.optim's
+  SGD (with momentum) or Adam (beta 0.9 / 0.999, eps 1e-8) with weight_decay."""
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  step = (optax.sgd(schedule, config.momentum) if config.optimizer == "sgd"
+          else optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
+  return optax.chain(optax.add_decayed_weights(config.weight_decay), step)
 
 
 def create_model(config: Config) -> nn.Module:

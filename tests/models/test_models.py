@@ -280,15 +280,16 @@ def test_normalization_constants():
   assert models.NORMALIZATION["cifar10"] == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
   assert models.NORMALIZATION["mnist"] == models.NORMALIZATION["fashion_mnist"] == ((0.0,), (1.0,))
   for name, (mean, std) in models.NORMALIZATION.items():
-    channels = 1 if "mnist" in name else 3
+    channels = 1 if "mnist" in name or name == "raw" else 3  # "raw": one value for any channels
     assert len(mean) == len(std) == channels
     assert all(0 <= m < 1 for m in mean) and all(0 < s <= 1 for s in std)
   assert set(models.NORMALIZATION) == {"cifar10", "svhn", "tiny_imagenet", "mnist", "fashion_mnist",
-                                     "mnist_examples"}
+                                     "mnist_examples", "raw"}
 
 
 def test_registry_names_and_classes():
-  assert models.names() == ("densenet121", "lenet", "resnet18", "ride_mnist_cnn", "small_cnn",
+  assert models.names() == ("densenet121", "er_cifar10", "er_mnist", "er_stl10", "er_tiny_imagenet",
+                            "lenet", "resnet18", "ride_mnist_cnn", "small_cnn", "vgg19_bn",
                             "wrn-28-10", "wrn-34-10")
   wrn = models.create("wrn-28-10", num_classes=100, mean=np.full(3, 0.5), std=[0.25] * 3,
                       dtype=jnp.bfloat16)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from menet_jax.training import checkpoint
+from menet_jax.training import checkpoint, objectives
 from menet_jax.training import state as state_lib
 from menet_jax.training.config import Config
 from tests.conftest import CIFAR_TEST, DATA_DIR
@@ -22,14 +22,25 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not CIFAR_TEST.is_file(), reason="needs ../shared/data CIFAR-10")
 
 
-def _command(workdir, cache):
-  # 256 images x 2 masks / batch 32 = 16 steps per epoch, 3 epochs, checkpoints every 8 steps.
-  return [sys.executable, "-m", "experiments.cifar10", f"--workdir={workdir}",
-          f"--data_dir={DATA_DIR}", f"--cache_dir={cache}", "--train_split=train[:256]",
-          "--test_split=test[:64]", "--model=small_cnn", "--mode=pure", "--me_method=usvt",
-          "--startp=0.4", "--endp=0.6", "--mask_num=2", "--epochs=3", "--lr_boundaries=2",
-          "--batch_size=32", "--eval_batch_size=32", "--lr=0.05", "--checkpoint_every=8",
-          "--log_every=4", "--noprogress"]
+# Both runs: 3 epochs of 16 steps, checkpoints every 8 steps.
+RUNS = {
+    # ME-Net pure training: 256 images x 2 masks / batch 32.
+    "menet": ["-m", "experiments.cifar10", "--train_split=train[:256]", "--test_split=test[:64]",
+              "--model=small_cnn", "--mode=pure", "--me_method=usvt", "--startp=0.4",
+              "--endp=0.6", "--mask_num=2", "--lr_boundaries=2", "--lr=0.05"],
+    # The ER-Classifier's three updates with PGD adversarial training (Adam), on MNIST's
+    # offline test set (the first 512 images train, the last 64 judge).
+    "er": ["-m", "experiments.mnist", "--train_split=test[:512]", "--test_split=test[9936:]",
+           "--model=er_mnist(width=8)", "--mode=vanilla",
+           "--objective=er(eps=0.3,step_size=0.1,steps=2)", "--optimizer=adam", "--lr=0.001",
+           "--weight_decay=0"],
+}
+
+
+def _command(run, workdir, cache):
+  return [sys.executable, *RUNS[run], f"--workdir={workdir}", f"--data_dir={DATA_DIR}",
+          f"--cache_dir={cache}", "--epochs=3", "--batch_size=32", "--eval_batch_size=32",
+          "--checkpoint_every=8", "--log_every=4", "--noprogress"]
 
 
 def _env():
@@ -40,21 +51,23 @@ def _final_state(workdir):
   config = Config.from_json(json.loads((workdir / "config.json").read_text()))
   model = state_lib.create_model(config)
   tx = state_lib.optimizer(config, steps_per_epoch=16)
-  target = jax.eval_shape(lambda k: state_lib.create_train_state(k, model, tx, (32, 32, 3)),
+  objective = objectives.create(config.objective)
+  target = jax.eval_shape(lambda k: objective.init(k, model, tx, config.image_shape()),
                           jax.random.key(0))
   with checkpoint.Checkpoints(workdir / "checkpoints", config=config.identity()) as ckpts:
     assert ckpts.latest_step() == 48
     state = ckpts.restore(target)
-  return jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+  return jax.tree.leaves(state)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_killed_run_resumes_to_the_uninterrupted_result(run, tmp_path):
   cache = tmp_path / "cache"
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_command(straight, cache), cwd=REPO, env=_env(), check=True,
+  subprocess.run(_command(run, straight, cache), cwd=REPO, env=_env(), check=True,
                  capture_output=True, timeout=400)
 
-  proc = subprocess.Popen(_command(killed, cache), cwd=REPO, env=_env(),
+  proc = subprocess.Popen(_command(run, killed, cache), cwd=REPO, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   last = killed / "checkpoints" / "last"
   deadline = time.time() + 300
@@ -67,7 +80,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert proc.returncode == -signal.SIGKILL
   assert not (killed / "results.json").exists(), "the run ended before it could be killed"
 
-  resumed = subprocess.run(_command(killed, cache), cwd=REPO, env=_env(), capture_output=True,
+  resumed = subprocess.run(_command(run, killed, cache), cwd=REPO, env=_env(), capture_output=True,
                            text=True, timeout=400)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed" in resumed.stderr

@@ -1,0 +1,328 @@
+"""Objectives of embedding classifiers C(Q(x)) (models.embedding): ER, E-CLA and VAE-CLA.
+
+The ER-Classifier (shared/papers/ER-Classifier.txt, eq. 2 and Algorithm 1; the notes
+shared/specs/ER-Classifier.md, section 1.3) trains the encoder Q and head C on
+
+    min_{Q, C}  lambda_0 E CE(C(Q(x)), y) + lambda_1 W1(Q_Z, P_Z),
+
+W1 between the codes' distribution and a prior P_Z in its dual form, estimated by a
+critic D whose Lipschitz bound is kept by clipping its weights to [-c, c] (WGAN).
+One iteration on a batch (x, y), codes z~ = Q(x) and prior draws z ~ P_Z:
+
+  0. (eps > 0) x <- PGD(x, y) on CE through C o Q (Madry's adversarial training);
+  1. critic: one step on  lambda (mean D(z) - mean D(stop_grad z~)), then clip D;
+  2. classification: one step on  lambda_0 mean CE(C(Q(x)), y), the head at
+     head_lr x lr, the encoder at lr;
+  3. regulariser: one step on  lambda_1 mean D(Q(x))  for the encoder, with the
+     same optimizer state as its step 2.
+
+(The sign is the paper's listing's, the prior in the role of "real": the critic
+lowers D on the prior and raises it on the codes; the encoder moves its codes to
+where D is low.) Each step has its own optimizer: the loop's (`tx`) for the
+encoder, `tx` followed by a scale of head_lr or critic_lr for the head and critic
+(for Adam, exactly Adam at that fraction of lr). Only step 2's forward pass
+updates batch-norm statistics; the others use batch statistics without updating
+them, as PGD does.
+
+"ecla" is the same encoder, head and optimizers trained by steps 0 and 2 only (the
+paper's E-CLA; with eps > 0 the architecture-matched adversarial-training control).
+"vaecla" trains a variational encoder (mean and log-variance) on
+CE(C(mean + exp(logvar / 2) e), y) + beta KL(N(mean, var) || N(0, I)), e ~ N(0, I),
+in one step of the encoder and head; the classifier uses the mean.
+
+The release's accidental behaviours are options, off by default: accumulate_grad
+adds step 2's encoder gradient to step 3's (no zero_grad between them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from menet_jax.attacks import pgd
+from menet_jax.defenses import Defense
+from menet_jax.models.embedding import Critic
+from menet_jax.training import state as state_lib
+from menet_jax.training.objectives.base import Metrics, Objective, register
+from menet_jax.training.objectives.standard import inputs
+from menet_jax.utils import validation
+
+# The priors of the paper's section 4.3: (sampler, variance per coordinate or None).
+PRIORS: dict[str, tuple[Callable[[jax.Array, tuple[int, ...]], jax.Array], float | None]] = {
+    "gaussian": (jax.random.normal, 1.0),
+    "uniform": (lambda key, shape: jax.random.uniform(key, shape, minval=-3.0, maxval=3.0), 3.0),
+    "cauchy": (jax.random.cauchy, None),  # no moments: its codes' mean and spread are not compared
+}
+
+
+class EmbeddingState(struct.PyTreeNode):
+  """The classifier (params, batch_stats), the critic and one optimizer state per update.
+
+  params holds the model's {"q": encoder, "c": head}; opt_state {"encoder", "head",
+  "critic"}; critic is {} for the objectives without one.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  critic: Any
+  opt_state: dict[str, Any]
+  apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+  critic_fn: Callable[..., Any] = struct.field(pytree_node=False)
+  txs: dict[str, optax.GradientTransformation] = struct.field(pytree_node=False)
+
+  def update(self, part: str, grads: Any, params: Any) -> tuple[Any, Any]:
+    """(new params, new optimizer state) of one part after a step on grads."""
+    updates, opt = self.txs[part].update(grads, self.opt_state[part], params)
+    return optax.apply_updates(params, updates), opt
+
+
+def _apply(state: EmbeddingState, params: Any, *args, method: str, key: jax.Array | None = None,
+           batch_stats: Any = None) -> tuple[Any, Any]:
+  """(output, updated batch_stats) of a train-mode call of the model's `method`."""
+  variables = {"params": params,
+               "batch_stats": state.batch_stats if batch_stats is None else batch_stats}
+  out, updates = state.apply_fn(variables, *args, train=True, method=method,
+                                mutable=["batch_stats"],
+                                rngs={"dropout": key} if key is not None else {})
+  return out, updates["batch_stats"]
+
+
+def _code_metrics(codes: jax.Array, prior: str) -> Metrics:
+  """How far a batch of codes (B, k) is from the prior: the RMS of its mean and, where the
+  prior has a variance, |cov - var I|_F / k."""
+  out = {"code_mean_rms": jnp.sqrt(jnp.mean(jnp.mean(codes, 0) ** 2))}
+  variance = PRIORS[prior][1]
+  if variance is not None:
+    k = codes.shape[-1]
+    out["code_cov_gap"] = jnp.linalg.norm(jnp.cov(codes, rowvar=False) - variance * jnp.eye(k)) / k
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _EmbeddingObjective(Objective):
+  """What the three objectives share: optimizers, state, adversarial examples."""
+  head_lr: float = 0.05
+  eps: float = 0.0
+  step_size: float = 0.01
+  steps: int = 40
+
+  draws_in_step = True
+
+  def __post_init__(self):
+    validation.number_in("head_lr", self.head_lr, 0.0, 1.0, lo_open=True)
+    validation.number_in("eps", self.eps, 0.0, 1.0)
+    validation.number_in("step_size", self.step_size, 0.0, 1.0, lo_open=True)
+    validation.integer_in("steps", self.steps, 1)
+
+  def _txs(self, tx: optax.GradientTransformation) -> dict[str, optax.GradientTransformation]:
+    return {"encoder": tx, "head": optax.chain(tx, optax.scale(self.head_lr))}
+
+  def _critic(self) -> nn.Module | None:
+    return None
+
+  def init(self, key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+           image_shape: tuple[int, int, int]) -> EmbeddingState:
+    if not hasattr(model, "encode"):
+      raise ValueError(f"objective {self.spec()} needs an embedding classifier (models.embedding, "
+                       f"e.g. er_mnist), got {type(model).__name__}")
+    k_model, k_critic = jax.random.split(key)
+    variables = model.init(k_model, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+    params, txs, critic_params = variables["params"], self._txs(tx), {}
+    critic = self._critic()
+    if critic is not None:
+      code = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((2, *image_shape)),
+                                                train=False, method="encode"))
+      critic_params = critic.init(k_critic, jnp.zeros(code.shape, jnp.float32))
+      txs["critic"] = optax.chain(tx, optax.scale(self.critic_lr))
+    opt_state = {"encoder": txs["encoder"].init(params["q"]),
+                 "head": txs["head"].init(params["c"])}
+    if critic is not None:
+      opt_state["critic"] = txs["critic"].init(critic_params)
+    return EmbeddingState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}), critic=critic_params,
+                          opt_state=opt_state, apply_fn=model.apply,
+                          critic_fn=critic.apply if critic is not None else None, txs=txs)
+
+  def _inputs(self, state, batch, key, defense: Defense, augment: bool
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(training inputs, labels, model key): augmented, attacked if eps > 0 (through the
+    defense's attack view, fresh draws and dropout at every step), then the defense."""
+    k_aug, k_pgd, k_draw = jax.random.split(key, 3)
+    k_defense, k_model = jax.random.split(k_draw)
+    x, labels = inputs(batch, k_aug, augment), batch["label"]
+    b = x.shape[0]
+    level = batch.get("level", jnp.full((b,), defense.test_level, jnp.float32))
+
+    def keys_at(t):
+      return jax.random.split(jax.random.fold_in(k_defense, t), b)
+
+    if self.eps > 0:
+      def attack_loss(xa, t):
+        logits, _ = _apply(state, state.params, defense.attack_view(keys_at(t), xa, level),
+                           method="__call__", key=jax.random.fold_in(k_pgd, t))
+        return state_lib.cross_entropy(logits, labels)
+      x = pgd(attack_loss, k_pgd, x, eps=self.eps, step_size=self.step_size, steps=self.steps)
+    return jax.lax.stop_gradient(defense.transform(keys_at(self.steps), x, level)), labels, k_model
+
+
+@register("ecla")
+@dataclasses.dataclass(frozen=True)
+class ECLA(_EmbeddingObjective):
+  """Cross-entropy only (the paper's E-CLA), head at head_lr x lr; eps > 0: PGD adversarial
+  training with step_size and steps (the architecture-matched control of ER)."""
+
+  def _classification(self, state: EmbeddingState, x: jax.Array, labels: jax.Array,
+                      key: jax.Array, scale: float = 1.0
+                      ) -> tuple[EmbeddingState, Metrics, jax.Array, Any]:
+    """Step 2: (state, metrics, codes, encoder gradient) after one step on scale x mean CE."""
+    def loss_fn(params):
+      codes, stats = _apply(state, params, x, method="encode")
+      logits, stats = _apply(state, params, codes, method="classify", key=key, batch_stats=stats)
+      ce = state_lib.cross_entropy(logits, labels).mean()
+      return scale * ce, (ce, logits, codes, stats)
+
+    (_, (ce, logits, codes, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    q, opt_q = state.update("encoder", grads["q"], state.params["q"])
+    c, opt_c = state.update("head", grads["c"], state.params["c"])
+    state = state.replace(params={"q": q, "c": c}, batch_stats=stats,
+                          opt_state=dict(state.opt_state, encoder=opt_q, head=opt_c))
+    metrics = {"loss": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    return state, metrics, jax.lax.stop_gradient(codes), grads["q"]
+
+  def step(self, state, batch, key, *, defense: Defense, augment: bool):
+    x, labels, k_model = self._inputs(state, batch, key, defense, augment)
+    _, k_class = jax.random.split(k_model)  # as ER's, which draws its prior from the first
+    state, metrics, codes, _ = self._classification(state, x, labels, k_class)
+    return state.replace(step=state.step + 1), {**metrics, **_code_metrics(codes, "gaussian")}
+
+
+@register("er")
+@dataclasses.dataclass(frozen=True)
+class ER(ECLA):
+  """The ER-Classifier: E-CLA's steps plus the critic (1) and the encoder regulariser (3).
+
+  Attributes (besides E-CLA's):
+    lambda_critic, lambda_ce, lambda_reg: lambda, lambda_0, lambda_1 of the steps.
+    clip: c, the critic's weights and biases are clipped to [-c, c] after its step.
+    critic_lr: the critic's learning rate as a fraction of lr.
+    prior: "gaussian" N(0, I), "uniform" U(-3, 3)^k or "cauchy" Cauchy(0, 1)^k.
+    accumulate_grad: step 3 also applies step 2's encoder gradient (the release).
+  """
+  lambda_critic: float = 1.0
+  lambda_ce: float = 1.0
+  lambda_reg: float = 1.0
+  clip: float = 0.01
+  critic_lr: float = 0.5
+  prior: str = "gaussian"
+  accumulate_grad: bool = False
+
+  def __post_init__(self):
+    super().__post_init__()
+    for name in ("lambda_critic", "lambda_ce", "lambda_reg"):
+      validation.number_in(name, getattr(self, name), 0.0, float("inf"))
+    validation.number_in("clip", self.clip, 0.0, float("inf"), lo_open=True)
+    validation.number_in("critic_lr", self.critic_lr, 0.0, 1.0, lo_open=True)
+    validation.choice("prior", self.prior, tuple(PRIORS))
+
+  def _critic(self) -> nn.Module:
+    return Critic(output="log_sigmoid")
+
+  def critic_step(self, state: EmbeddingState, codes: jax.Array, prior: jax.Array
+                  ) -> tuple[EmbeddingState, jax.Array]:
+    """Step 1 on codes z~ (B, k) and prior draws z (B, k): (state, W1 estimate
+    mean D(z~) - mean D(z) before the step)."""
+    def loss_fn(gamma):
+      d_prior, d_codes = state.critic_fn(gamma, prior), state.critic_fn(gamma, codes)
+      return self.lambda_critic * (d_prior.mean() - d_codes.mean()), d_codes.mean() - d_prior.mean()
+
+    (_, w1), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
+    gamma, opt = state.update("critic", grads, state.critic)
+    gamma = jax.tree.map(lambda p: jnp.clip(p, -self.clip, self.clip), gamma)
+    return state.replace(critic=gamma, opt_state=dict(state.opt_state, critic=opt)), w1
+
+  def regulariser_step(self, state: EmbeddingState, x: jax.Array, extra: Any = None
+                       ) -> tuple[EmbeddingState, jax.Array]:
+    """Step 3 on inputs x: (state, lambda_1 mean D(Q(x)) before the step); `extra` (a
+    gradient of the encoder's parameters) is added to the step's gradient."""
+    def loss_fn(q):
+      z, _ = _apply(state, {"q": q, "c": state.params["c"]}, x, method="encode")
+      return self.lambda_reg * state.critic_fn(state.critic, z).mean()
+
+    reg, grads = jax.value_and_grad(loss_fn)(state.params["q"])
+    if extra is not None:
+      grads = jax.tree.map(jnp.add, grads, extra)
+    q, opt = state.update("encoder", grads, state.params["q"])
+    # The learning-rate schedule follows the loop's iterations (PyTorch's StepLR is stepped per
+    # epoch, not per optimizer step): step 3 leaves its count where step 2 left it. Adam's own
+    # count (bias correction) advances, as the release's shared optimizer's does.
+    opt = _hold_schedule(opt, state.opt_state["encoder"])
+    return state.replace(params=dict(state.params, q=q),
+                         opt_state=dict(state.opt_state, encoder=opt)), reg
+
+  def step(self, state, batch, key, *, defense: Defense, augment: bool):
+    x, labels, k_model = self._inputs(state, batch, key, defense, augment)
+    k_prior, k_class = jax.random.split(k_model)
+    codes, _ = _apply(state, state.params, x, method="encode")
+    codes = jax.lax.stop_gradient(codes)
+    state, w1 = self.critic_step(state, codes, PRIORS[self.prior][0](k_prior, codes.shape))
+    state, metrics, _, g_ce = self._classification(state, x, labels, k_class, self.lambda_ce)
+    state, reg = self.regulariser_step(state, x, g_ce if self.accumulate_grad else None)
+    return state.replace(step=state.step + 1), {**metrics, "w1_estimate": w1, "regulariser": reg,
+                                                **_code_metrics(codes, self.prior)}
+
+
+def _hold_schedule(new: Any, old: Any) -> Any:
+  """`new` optimizer state with the counts of its learning-rate schedules taken from `old`."""
+  is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)
+  return jax.tree.map(lambda n, o: o if is_schedule(n) else n, new, old, is_leaf=is_schedule)
+
+
+@register("vaecla")
+@dataclasses.dataclass(frozen=True)
+class VAECLA(_EmbeddingObjective):
+  """VAE-CLA: a variational encoder (model with variational=True) on CE + beta KL, z sampled
+  in training, the mean at test."""
+  beta: float = 1.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    validation.number_in("beta", self.beta, 0.0, float("inf"))
+
+  def init(self, key, model, tx, image_shape):
+    if not getattr(model, "variational", False):
+      raise ValueError("objective vaecla needs a variational encoder: set the model's "
+                       "variational=True, e.g. er_mnist(variational=True)")
+    return super().init(key, model, tx, image_shape)
+
+  def step(self, state, batch, key, *, defense: Defense, augment: bool):
+    x, labels, k_model = self._inputs(state, batch, key, defense, augment)
+    k_noise, k_drop = jax.random.split(k_model)
+
+    def loss_fn(params):
+      (mean, log_var), stats = _apply(state, params, x, method="encode")
+      z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(k_noise, mean.shape)
+      logits, stats = _apply(state, params, z, method="classify", key=k_drop, batch_stats=stats)
+      ce = state_lib.cross_entropy(logits, labels).mean()
+      kl = gaussian_kl(mean, log_var).mean()
+      return ce + self.beta * kl, (ce, kl, logits, mean, stats)
+
+    (_, (ce, kl, logits, mean, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    q, opt_q = state.update("encoder", grads["q"], state.params["q"])
+    c, opt_c = state.update("head", grads["c"], state.params["c"])
+    state = state.replace(step=state.step + 1, params={"q": q, "c": c}, batch_stats=stats,
+                          opt_state=dict(state.opt_state, encoder=opt_q, head=opt_c))
+    return state, {"loss": ce, "kl": kl, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+                   **_code_metrics(jax.lax.stop_gradient(mean), "gaussian")}
+
+
+def gaussian_kl(mean: jax.Array, log_var: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(log_var)) || N(0, I)) per example: mean, log_var (B, k) -> (B,)."""
+  return -0.5 * jnp.sum(1 + log_var - mean ** 2 - jnp.exp(log_var), axis=-1)
