@@ -107,7 +107,8 @@ def test_three_optimizers_at_lr_half_lr_and_a_twentieth_with_the_encoder_shared(
                      jax.tree.map(lambda v: -rate * np.asarray(v), g[part]))
   # The critic at lr / 2: one SGD step on mean D(z) - mean D(codes).
   codes = model.apply(variables, x, train=True, method="encode", mutable=["batch_stats"])[0]
-  k_prior = jax.random.split(jax.random.split(jax.random.split(jax.random.key(1), 3)[2])[1])[0]
+  k_model = jax.random.split(jax.random.fold_in(jax.random.key(1), 1))[1]
+  k_prior = jax.random.split(k_model)[0]
   prior = jax.random.normal(k_prior, codes.shape)
   critic = Critic()
   g_d = jax.grad(lambda p: critic.apply(p, prior).mean() - critic.apply(p, codes).mean())(

@@ -45,12 +45,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from menet_jax.attacks import pgd
 from menet_jax.defenses import Defense
 from menet_jax.models.embedding import Critic
 from menet_jax.training import state as state_lib
 from menet_jax.training.objectives.base import Metrics, Objective, register
-from menet_jax.training.objectives.standard import inputs
+from menet_jax.training.objectives.pgd_at import attacked_inputs
 from menet_jax.utils import validation
 
 # The priors of the paper's section 4.3: (sampler, variance per coordinate or None).
@@ -80,6 +79,13 @@ class EmbeddingState(struct.PyTreeNode):
     """(new params, new optimizer state) of one part after a step on grads."""
     updates, opt = self.txs[part].update(grads, self.opt_state[part], params)
     return optax.apply_updates(params, updates), opt
+
+  def apply_classifier_gradients(self, grads: Any, batch_stats: Any) -> EmbeddingState:
+    """One step of the encoder and the head on grads {"q", "c"}, and the new statistics."""
+    q, opt_q = self.update("encoder", grads["q"], self.params["q"])
+    c, opt_c = self.update("head", grads["c"], self.params["c"])
+    return self.replace(params={"q": q, "c": c}, batch_stats=batch_stats,
+                        opt_state=dict(self.opt_state, encoder=opt_q, head=opt_c))
 
 
 def _apply(state: EmbeddingState, params: Any, *args, method: str, key: jax.Array | None = None,
@@ -151,24 +157,17 @@ class _EmbeddingObjective(Objective):
 
   def _inputs(self, state, batch, key, defense: Defense, augment: bool
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(training inputs, labels, model key): augmented, attacked if eps > 0 (through the
-    defense's attack view, fresh draws and dropout at every step), then the defense."""
-    k_aug, k_pgd, k_draw = jax.random.split(key, 3)
-    k_defense, k_model = jax.random.split(k_draw)
-    x, labels = inputs(batch, k_aug, augment), batch["label"]
-    b = x.shape[0]
-    level = batch.get("level", jnp.full((b,), defense.test_level, jnp.float32))
-
-    def keys_at(t):
-      return jax.random.split(jax.random.fold_in(k_defense, t), b)
-
-    if self.eps > 0:
-      def attack_loss(xa, t):
-        logits, _ = _apply(state, state.params, defense.attack_view(keys_at(t), xa, level),
-                           method="__call__", key=jax.random.fold_in(k_pgd, t))
-        return state_lib.cross_entropy(logits, labels)
-      x = pgd(attack_loss, k_pgd, x, eps=self.eps, step_size=self.step_size, steps=self.steps)
-    return jax.lax.stop_gradient(defense.transform(keys_at(self.steps), x, level)), labels, k_model
+    """(training inputs, labels, model key): `pgd_at.attacked_inputs` with fresh dropout at
+    every attack step, and a key for the step's own draws."""
+    # The step key's splits go to the inputs, as in every objective; the model's draws (dropout,
+    # prior) come from a key folded out of it.
+    k_attack, k_model = jax.random.split(jax.random.fold_in(key, 1))
+    x, labels = attacked_inputs(
+        lambda x, t: _apply(state, state.params, x, method="__call__",
+                            key=jax.random.fold_in(k_attack, t))[0],
+        batch, key, defense=defense, augment=augment, eps=self.eps, step_size=self.step_size,
+        steps=self.steps)
+    return x, labels, k_model
 
 
 @register("ecla")
@@ -189,10 +188,7 @@ class ECLA(_EmbeddingObjective):
 
     (_, (ce, logits, codes, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    q, opt_q = state.update("encoder", grads["q"], state.params["q"])
-    c, opt_c = state.update("head", grads["c"], state.params["c"])
-    state = state.replace(params={"q": q, "c": c}, batch_stats=stats,
-                          opt_state=dict(state.opt_state, encoder=opt_q, head=opt_c))
+    state = state.apply_classifier_gradients(grads, stats)
     metrics = {"loss": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     return state, metrics, jax.lax.stop_gradient(codes), grads["q"]
 
@@ -269,10 +265,10 @@ class ER(ECLA):
   def step(self, state, batch, key, *, defense: Defense, augment: bool):
     x, labels, k_model = self._inputs(state, batch, key, defense, augment)
     k_prior, k_class = jax.random.split(k_model)
-    codes, _ = _apply(state, state.params, x, method="encode")
-    codes = jax.lax.stop_gradient(codes)
+    # Steps 1 and 2 touch disjoint parts (the critic; the encoder and head), so step 2 runs
+    # first and step 1 takes the codes of its forward pass, made with the same parameters.
+    state, metrics, codes, g_ce = self._classification(state, x, labels, k_class, self.lambda_ce)
     state, w1 = self.critic_step(state, codes, PRIORS[self.prior][0](k_prior, codes.shape))
-    state, metrics, _, g_ce = self._classification(state, x, labels, k_class, self.lambda_ce)
     state, reg = self.regulariser_step(state, x, g_ce if self.accumulate_grad else None)
     return state.replace(step=state.step + 1), {**metrics, "w1_estimate": w1, "regulariser": reg,
                                                 **_code_metrics(codes, self.prior)}
@@ -315,10 +311,7 @@ class VAECLA(_EmbeddingObjective):
 
     (_, (ce, kl, logits, mean, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    q, opt_q = state.update("encoder", grads["q"], state.params["q"])
-    c, opt_c = state.update("head", grads["c"], state.params["c"])
-    state = state.replace(step=state.step + 1, params={"q": q, "c": c}, batch_stats=stats,
-                          opt_state=dict(state.opt_state, encoder=opt_q, head=opt_c))
+    state = state.apply_classifier_gradients(grads, stats).replace(step=state.step + 1)
     return state, {"loss": ce, "kl": kl, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
                    **_code_metrics(jax.lax.stop_gradient(mean), "gaussian")}
 

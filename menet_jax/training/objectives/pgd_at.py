@@ -7,13 +7,15 @@ Madry et al.'s adversarial training; with ME-Net it is the release's
 train_adv.py: as there, an epoch visits the clean images n times and its k-th
 part draws at level p_k (the loop's batches carry the level).
 
-The attack runs the network in training mode (batch statistics, as the release's
-net.train()) without updating the running statistics.
+`attacked_inputs` is that batch for any objective. The attack runs the network in
+training mode (batch statistics, as the release's net.train()) without updating the
+running statistics.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,19 +44,34 @@ class PGDAdversarialTraining(Objective):
     validation.integer_in("steps", self.steps, 1)
 
   def step(self, state, batch, key, *, defense: Defense, augment: bool):
-    k_aug, k_pgd, k_draw = jax.random.split(key, 3)
-    x, labels = inputs(batch, k_aug, augment), batch["label"]
-    b = x.shape[0]
-    level = batch.get("level", jnp.full((b,), defense.test_level, jnp.float32))
-
-    def keys_at(t):  # one key per image for the draw of attack step t (t = steps: training)
-      return jax.random.split(jax.random.fold_in(k_draw, t), b)
-
-    def attack_loss(xa, t):
-      logits, _ = state_lib.logits(state, state.params, defense.attack_view(keys_at(t), xa, level),
-                                   train=True)
-      return state_lib.cross_entropy(logits, labels)
-
-    x_adv = pgd(attack_loss, k_pgd, x, eps=self.eps, step_size=self.step_size, steps=self.steps)
-    x_train = jax.lax.stop_gradient(defense.transform(keys_at(self.steps), x_adv, level))
+    x_train, labels = attacked_inputs(
+        lambda x, t: state_lib.logits(state, state.params, x, train=True)[0], batch, key,
+        defense=defense, augment=augment, eps=self.eps, step_size=self.step_size, steps=self.steps)
     return sgd_step(state, x_train, labels)
+
+
+def attacked_inputs(logits_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                    batch: dict[str, jax.Array], key: jax.Array, *, defense: Defense,
+                    augment: bool, eps: float, step_size: float, steps: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """What an adversarially trained objective trains on: (inputs (B, H, W, C), labels (B,)).
+
+  The batch's images, augmented, then (eps > 0) attacked by l-inf PGD on the cross-entropy
+  of logits_fn(x, t) (the network at attack step t) through the defense's attack view with a
+  fresh draw at every step, then one more fresh draw of the defense. The step key is split as
+  every objective splits it (augmentation, attack start, draws).
+  """
+  k_aug, k_pgd, k_draw = jax.random.split(key, 3)
+  x, labels = inputs(batch, k_aug, augment), batch["label"]
+  b = x.shape[0]
+  level = batch.get("level", jnp.full((b,), defense.test_level, jnp.float32))
+
+  def keys_at(t):  # one key per image for the draw of attack step t (t = steps: training)
+    return jax.random.split(jax.random.fold_in(k_draw, t), b)
+
+  if eps > 0:
+    def attack_loss(xa, t):
+      return state_lib.cross_entropy(logits_fn(defense.attack_view(keys_at(t), xa, level), t),
+                                     labels)
+    x = pgd(attack_loss, k_pgd, x, eps=eps, step_size=step_size, steps=steps)
+  return jax.lax.stop_gradient(defense.transform(keys_at(steps), x, level)), labels
