@@ -283,13 +283,20 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
 
 
 def _input_gradient(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,
-                    defense: Defense | None, view: str) -> np.ndarray:
-  """(N, D): the gradient of the cross-entropy through view `view` of the defense, one draw."""
+                    defense: Defense | None, view: str, per_image: bool = False) -> np.ndarray:
+  """(N, D): the gradient of the cross-entropy through view `view` of the defense, one draw.
+
+  per_image: one image at a time (image i drawn with fold_in(key, i)), so that memory is that
+  of one image: an exact view through a per-image optimisation (RIDE's "unrolled") keeps
+  every step's state of every image it differentiates at once.
+  """
   ctx = context(restored, restored.variables, None, None, eps=0.0, step_size=1.0, defense=defense)
-  y = jnp.asarray(labels, jnp.int32)
-  g = jax.jit(jax.grad(lambda x: jnp.sum(cross_entropy(ctx.through(x, key, view), y))))(
-      jnp.asarray(images, jnp.float32))
-  return np.asarray(g).reshape(len(images), -1)
+  grad = jax.jit(jax.grad(lambda x, y, k: jnp.sum(cross_entropy(ctx.through(x, k, view), y))))
+  x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+  if not per_image:
+    return np.asarray(grad(x, y, key)).reshape(len(images), -1)
+  return np.stack([np.asarray(grad(x[i:i + 1], y[i:i + 1], jax.random.fold_in(key, i))).ravel()
+                   for i in range(len(images))])
 
 
 def gradient_check(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,
@@ -310,7 +317,8 @@ def gradient_agreement(restored: Restored, images: np.ndarray, labels: np.ndarra
   """How well each approximate view follows the exact gradient, where the defense offers one.
 
   For a defense with an "unrolled" view (the exact gradient through its whole computation),
-  the cosine between that gradient and each other view's, per image, under the same draw.
+  the cosine between that gradient and each other view's, per image, under the same draw;
+  computed one image at a time, whose memory the exact view needs.
 
   Returns:
     {view: {"mean": mean cosine, "min": smallest}} ({} when there is no exact view).
@@ -318,7 +326,8 @@ def gradient_agreement(restored: Restored, images: np.ndarray, labels: np.ndarra
   defense = defense or restored.defense
   if "unrolled" not in defense.views:
     return {}
-  grads = {v: _input_gradient(restored, images, labels, key, defense, v) for v in defense.views}
+  grads = {v: _input_gradient(restored, images, labels, key, defense, v, per_image=True)
+           for v in defense.views}
   exact = grads.pop("unrolled")
 
   def cosine(a, b):
