@@ -56,6 +56,11 @@ def _assert_moved_by(before, after, expected):
     np.testing.assert_allclose(a - b, e, rtol=1e-4, atol=atol)
 
 
+def _prior_draw(key, shape, step=0):
+  """The Gaussian draws of critic step `step` from critic_step's key."""
+  return jax.random.normal(jax.random.split(jax.random.fold_in(key, step))[0], shape)
+
+
 def _equal(a, b):
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
@@ -108,8 +113,7 @@ def test_three_optimizers_at_lr_half_lr_and_a_twentieth_with_the_encoder_shared(
   # The critic at lr / 2: one SGD step on mean D(z) - mean D(codes).
   codes = model.apply(variables, x, train=True, method="encode", mutable=["batch_stats"])[0]
   k_model = jax.random.split(jax.random.fold_in(jax.random.key(1), 1))[1]
-  k_prior = jax.random.split(k_model)[0]
-  prior = jax.random.normal(k_prior, codes.shape)
+  prior = _prior_draw(jax.random.split(k_model)[0], codes.shape)
   critic = Critic()
   g_d = jax.grad(lambda p: critic.apply(p, prior).mean() - critic.apply(p, codes).mean())(
       state.critic)
@@ -153,20 +157,25 @@ class _Affine(nn.Module):
     return self.encode(x, train=train)
 
 
-def test_critic_and_regulariser_steps_move_the_codes_towards_the_prior():
-  toy, critic = _Affine(), Critic()
-  x = 3.0 + 0.5 * jax.random.normal(jax.random.key(0), (512, 1))  # codes start at N(3, 0.5^2)
+def _toy_state(x, critic_fn, gamma, critic_tx, tx=optax.adam(1e-2)):
+  """An EmbeddingState of the affine toy encoder on x (N, d) with the given critic."""
+  toy = _Affine()
   params = {"q": toy.init(jax.random.key(1), x, train=False)["params"], "c": {}}
-  tx = optax.adam(1e-2)
-  txs = {"encoder": tx, "head": tx, "critic": optax.chain(tx, optax.scale(0.5))}
-  gamma = critic.init(jax.random.key(2), x)
-  state = embedding.EmbeddingState(
+  txs = {"encoder": tx, "head": tx, "critic": critic_tx}
+  return embedding.EmbeddingState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, critic=gamma,
       opt_state={"encoder": tx.init(params["q"]), "head": tx.init({}),
-                 "critic": txs["critic"].init(gamma)},
+                 "critic": critic_tx.init(gamma)},
       apply_fn=lambda v, x, **kw: (toy.apply({"params": v["params"]["q"]}, x, train=True,
                                              method="encode"), {"batch_stats": {}}),
-      critic_fn=critic.apply, txs=txs)
+      critic_fn=critic_fn, txs=txs)
+
+
+def test_critic_and_regulariser_steps_move_the_codes_towards_the_prior():
+  critic = Critic()
+  x = 3.0 + 0.5 * jax.random.normal(jax.random.key(0), (512, 1))  # codes start at N(3, 0.5^2)
+  state = _toy_state(x, critic.apply, critic.init(jax.random.key(2), x),
+                     optax.chain(optax.adam(1e-2), optax.scale(0.5)))
   er = objectives.create("er")
 
   def code_moments(state):
@@ -176,15 +185,15 @@ def test_critic_and_regulariser_steps_move_the_codes_towards_the_prior():
   @jax.jit
   def iteration(state, key):
     codes = state.params["q"]["a"] * x + state.params["q"]["b"]
-    state, w1 = er.critic_step(state, codes, jax.random.normal(key, codes.shape))
+    state, w1 = er.critic_step(state, codes, key)
     state, reg = er.regulariser_step(state, x)
     return state, (w1, reg)
 
   mean0, _ = code_moments(state)
   # A critic step raises mean D(codes) - mean D(prior); a regulariser step lowers mean D(Q(x)).
-  prior = jax.random.normal(jax.random.key(9), x.shape)
+  prior = _prior_draw(jax.random.key(9), x.shape)
   w1 = lambda s: float(jnp.mean(critic.apply(s.critic, x)) - jnp.mean(critic.apply(s.critic, prior)))
-  after_critic, _ = jax.jit(er.critic_step)(state, x, prior)
+  after_critic, _ = jax.jit(er.critic_step)(state, x, jax.random.key(9))
   assert w1(after_critic) > w1(state)
   d_codes = lambda s: float(jnp.mean(critic.apply(after_critic.critic, s.params["q"]["a"] * x
                                                   + s.params["q"]["b"])))
@@ -199,6 +208,87 @@ def test_critic_and_regulariser_steps_move_the_codes_towards_the_prior():
   # mean first and, measured here, shrinks the spread on the way (std 0.49 -> 0.03 within
   # 900 iterations at Adam lr 1e-3, back to 0.13 after 3000), so std -> 1 is not a property
   # this objective has at these settings.
+
+
+def test_js_critic_estimates_the_jensen_shannon_divergence():
+  # Codes from N(1, 1) against the N(0, 1) prior, fresh samples at every step: the trained
+  # critic's estimate (log 4 - loss) / 2 approaches JS from below, computed here by quadrature.
+  p, q = stats.norm(0, 1), stats.norm(1, 1)
+  m = lambda z: 0.5 * (p.pdf(z) + q.pdf(z))
+  kl = lambda a: integrate.quad(lambda z: a.pdf(z) * np.log(a.pdf(z) / m(z)), -12, 13)[0]
+  js = 0.5 * (kl(p) + kl(q))
+  critic = Critic(output="logit", hidden=64)  # the game is under test, not the width
+  z0 = jnp.zeros((512, 1))
+  state = _toy_state(z0, critic.apply, critic.init(jax.random.key(2), z0), optax.adam(1e-3))
+  er = objectives.create("er(critic=js)")
+
+  @jax.jit
+  def train(state):
+    def body(state, key):
+      codes = 1.0 + jax.random.normal(jax.random.fold_in(key, 1), z0.shape)
+      return er.critic_step(state, codes, key)
+    return jax.lax.scan(body, state, jax.random.split(jax.random.key(3), 400))
+
+  _, estimates = train(state)
+  got = float(jnp.mean(estimates[-200:]))
+  # 0.03: the critic's approximation gap after 400 steps and the average's sampling error
+  # (about 0.002: 200 batches of 512 + 512 samples).
+  assert js - 0.03 < got < js + 0.01, (got, js)
+
+
+def test_gradient_penalty_is_per_code_and_wgan_gp_takes_five_critic_steps():
+  # One SGD step of the wgan_gp critic against the loss written per code with vmap:
+  # mean D(z) - mean D(z~) + 10 mean (|grad D(z^_i)| - 1)^2, z^_i = z_i + a_i (z~_i - z_i).
+  critic = Critic(output="logit", hidden=16)
+  codes = 0.5 + jax.random.normal(jax.random.key(0), (64, 3))
+  gamma = critic.init(jax.random.key(2), codes)
+  key, lr = jax.random.key(5), 1e-2
+  er = objectives.create("er(critic=wgan_gp, n_critic=1)")
+  state = _toy_state(codes, critic.apply, gamma, optax.sgd(lr))
+  k_prior, k_alpha = jax.random.split(jax.random.fold_in(key, 0))
+  prior, alpha = jax.random.normal(k_prior, codes.shape), jax.random.uniform(k_alpha, (64,))
+
+  def reference(gamma):
+    d = lambda z: critic.apply(gamma, z[None])[0]
+    mixed = prior + alpha[:, None] * (codes - prior)
+    norms = jnp.linalg.norm(jax.vmap(jax.grad(d))(mixed), axis=-1)
+    return (jax.vmap(d)(prior).mean() - jax.vmap(d)(codes).mean()
+            + 10.0 * jnp.mean((norms - 1.0) ** 2))
+
+  new, _ = jax.jit(er.critic_step)(state, codes, key)
+  _assert_moved_by(gamma, new.critic, jax.tree.map(lambda g: -lr * np.asarray(g),
+                                                   jax.grad(reference)(gamma)))
+  # The default: five critic steps per iteration with its own Adam, and no clipping.
+  er = objectives.create("er(critic=wgan_gp)")
+  adam = er._critic_tx(optax.sgd(1.0))  # the loop's optimizer does not enter
+  state = _toy_state(codes, critic.apply, gamma, adam)
+  new, _ = jax.jit(er.critic_step)(state, codes, key)
+  assert isinstance(new.opt_state["critic"][0], optax.ScaleByAdamState)
+  assert int(new.opt_state["critic"][0].count) == 5
+  assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(new.critic)) > 0.01
+
+
+def test_release_bn_stats_updates_the_encoder_statistics_four_times():
+  # With SGD and lambda_1 = 0 step 3 does not move the encoder, so the release's four updates
+  # r <- 0.9 r + 0.1 b are two with step 2's batch statistics b1 (parameters before the step)
+  # and two with b3 (after it); the default makes one with b1. The head's statistics are
+  # updated once either way.
+  spec = "er(lambda_reg=0.0, clip=100.0{})"
+  plain, model, state, batch = _setup(spec.format(""), optimizer="sgd", lr=0.1)
+  release, _, _, _ = _setup(spec.format(", release_bn_stats=True"), optimizer="sgd", lr=0.1)
+  s_plain, _ = _step(plain, state, batch)
+  s_release, _ = _step(release, state, batch)
+  x = jnp.asarray(batch["image"], jnp.float32) / 255
+  _, after = model.apply({"params": s_plain.params, "batch_stats": state.batch_stats}, x,
+                         train=True, method="encode", mutable=["batch_stats"])
+  r0, r1, r3 = (s["q"] for s in (state.batch_stats, s_plain.batch_stats, after["batch_stats"]))
+  b1 = jax.tree.map(lambda a, r: (a - 0.9 * r) / 0.1, r1, r0)
+  b3 = jax.tree.map(lambda a, r: (a - 0.9 * r) / 0.1, r3, r0)
+  expected = jax.tree.map(lambda r, u, v: 0.81 * (0.81 * r + 0.19 * u) + 0.19 * v, r0, b1, b3)
+  for got, want in zip(jax.tree.leaves(s_release.batch_stats["q"]), jax.tree.leaves(expected),
+                       strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+  _equal(s_release.batch_stats["c"], s_plain.batch_stats["c"])
 
 
 def test_kl_matches_numerical_integration_and_gradients_pass_the_sampling():

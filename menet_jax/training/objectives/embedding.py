@@ -30,8 +30,21 @@ paper's E-CLA; with eps > 0 the architecture-matched adversarial-training contro
 CE(C(mean + exp(logvar / 2) e), y) + beta KL(N(mean, var) || N(0, I)), e ~ N(0, I),
 in one step of the encoder and head; the classifier uses the mean.
 
+The critic game is `critic`: "clip" (the paper's, above), "wgan_gp" (not in the
+paper: linear output, no clipping, gradient penalty gp_weight (|grad D(z^)|_2 - 1)^2
+at z^ = z + a (z~ - z), a ~ U[0, 1] per code, its own Adam(1e-4, b 0.5 / 0.9) and
+n_critic steps per iteration, igul222's settings; the same sign convention as "clip",
+which the penalty does not see) or "js" (the standard GAN game the paper "also
+tried": a logit f, the critic minimises -[mean log s(f(z)) + mean log(1 - s(f(z~)))],
+the encoder -lambda_1 mean log s(f(Q(x))), no clipping).
+
 The release's accidental behaviours are options, off by default: accumulate_grad
-adds step 2's encoder gradient to step 3's (no zero_grad between them).
+adds step 2's encoder gradient to step 3's (no zero_grad between them);
+release_bn_stats updates the encoder's batch-norm statistics from every forward pass
+the release makes (steps 1 and 2 before the step, step 3 twice after it: four
+updates per batch instead of one). The release's third, a step-decay scheduler that
+is created but never stepped, is the default here (constant lr); the scheduler as
+written (StepLR(30, 0.5)) is the loop's `--lr_boundaries=30,60,... --lr_decay=0.5`.
 """
 
 from __future__ import annotations
@@ -57,6 +70,35 @@ PRIORS: dict[str, tuple[Callable[[jax.Array, tuple[int, ...]], jax.Array], float
     "gaussian": (jax.random.normal, 1.0),
     "uniform": (lambda key, shape: jax.random.uniform(key, shape, minval=-3.0, maxval=3.0), 3.0),
     "cauchy": (jax.random.cauchy, None),  # no moments: its codes' mean and spread are not compared
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Game:
+  """A critic game on scores D(z) of prior draws and D(z~) of codes (both (B,)).
+
+  critic_loss(d_prior, d_codes) is what the critic minimises, encoder_loss(d_codes)
+  what step 3 minimises before lambda_1; estimate(critic loss) is the distance the
+  critic estimates (W1 or JS), logged as `estimate_name`.
+  """
+  output: str
+  critic_loss: Callable[[jax.Array, jax.Array], jax.Array]
+  encoder_loss: Callable[[jax.Array], jax.Array]
+  estimate: Callable[[jax.Array], jax.Array]
+  estimate_name: str
+
+
+_WGAN = dict(critic_loss=lambda d_prior, d_codes: d_prior.mean() - d_codes.mean(),
+             encoder_loss=jnp.mean, estimate=jnp.negative, estimate_name="w1_estimate")
+GAMES: dict[str, _Game] = {
+    "clip": _Game(output="log_sigmoid", **_WGAN),
+    "wgan_gp": _Game(output="logit", **_WGAN),
+    # With the best critic, its loss is log 4 - 2 JS(P_Z, Q_Z).
+    "js": _Game(output="logit",
+                critic_loss=lambda f_prior, f_codes: -(jax.nn.log_sigmoid(f_prior).mean()
+                                                       + jax.nn.log_sigmoid(-f_codes).mean()),
+                encoder_loss=lambda f_codes: -jax.nn.log_sigmoid(f_codes).mean(),
+                estimate=lambda loss: 0.5 * (jnp.log(4.0) - loss), estimate_name="js_estimate"),
 }
 
 
@@ -145,7 +187,7 @@ class _EmbeddingObjective(Objective):
       code = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((2, *image_shape)),
                                                 train=False, method="encode"))
       critic_params = critic.init(k_critic, jnp.zeros(code.shape, jnp.float32))
-      txs["critic"] = optax.chain(tx, optax.scale(self.critic_lr))
+      txs["critic"] = self._critic_tx(tx)
     opt_state = {"encoder": txs["encoder"].init(params["q"]),
                  "head": txs["head"].init(params["c"])}
     if critic is not None:
@@ -206,52 +248,93 @@ class ER(ECLA):
 
   Attributes (besides E-CLA's):
     lambda_critic, lambda_ce, lambda_reg: lambda, lambda_0, lambda_1 of the steps.
-    clip: c, the critic's weights and biases are clipped to [-c, c] after its step.
-    critic_lr: the critic's learning rate as a fraction of lr.
+    critic: the game, "clip", "wgan_gp" or "js" (module docstring).
+    clip: c, the "clip" critic's weights and biases are clipped to [-c, c] after its step.
+    critic_lr: the "clip" and "js" critics' learning rate as a fraction of lr.
+    gp_weight: the "wgan_gp" penalty's weight.
+    n_critic: critic steps per iteration, fresh prior draws each; None: 5 for "wgan_gp", else 1.
     prior: "gaussian" N(0, I), "uniform" U(-3, 3)^k or "cauchy" Cauchy(0, 1)^k.
     accumulate_grad: step 3 also applies step 2's encoder gradient (the release).
+    release_bn_stats: the encoder's batch-norm statistics updated four times per batch (the
+      release).
   """
   lambda_critic: float = 1.0
   lambda_ce: float = 1.0
   lambda_reg: float = 1.0
+  critic: str = "clip"
   clip: float = 0.01
   critic_lr: float = 0.5
+  gp_weight: float = 10.0
+  n_critic: int | None = None
   prior: str = "gaussian"
   accumulate_grad: bool = False
+  release_bn_stats: bool = False
 
   def __post_init__(self):
     super().__post_init__()
-    for name in ("lambda_critic", "lambda_ce", "lambda_reg"):
+    for name in ("lambda_critic", "lambda_ce", "lambda_reg", "gp_weight"):
       validation.number_in(name, getattr(self, name), 0.0, float("inf"))
     validation.number_in("clip", self.clip, 0.0, float("inf"), lo_open=True)
     validation.number_in("critic_lr", self.critic_lr, 0.0, 1.0, lo_open=True)
+    validation.choice("critic", self.critic, tuple(GAMES))
+    if self.n_critic is not None:
+      validation.integer_in("n_critic", self.n_critic, 1)
     validation.choice("prior", self.prior, tuple(PRIORS))
 
+  @property
+  def _game(self) -> _Game:
+    return GAMES[self.critic]
+
   def _critic(self) -> nn.Module:
-    return Critic(output="log_sigmoid")
+    return Critic(output=self._game.output)
 
-  def critic_step(self, state: EmbeddingState, codes: jax.Array, prior: jax.Array
+  def _critic_tx(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    if self.critic == "wgan_gp":  # igul222's critic optimizer, independent of the loop's
+      return optax.adam(1e-4, b1=0.5, b2=0.9)
+    return optax.chain(tx, optax.scale(self.critic_lr))
+
+  def critic_step(self, state: EmbeddingState, codes: jax.Array, key: jax.Array
                   ) -> tuple[EmbeddingState, jax.Array]:
-    """Step 1 on codes z~ (B, k) and prior draws z (B, k): (state, W1 estimate
-    mean D(z~) - mean D(z) before the step)."""
-    def loss_fn(gamma):
-      d_prior, d_codes = state.critic_fn(gamma, prior), state.critic_fn(gamma, codes)
-      return self.lambda_critic * (d_prior.mean() - d_codes.mean()), d_codes.mean() - d_prior.mean()
+    """Step 1 (n_critic steps) on codes z~ (B, k), prior draws from key: (state, the critic's
+    distance estimate before its last step)."""
+    game = self._game
 
-    (_, w1), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
-    gamma, opt = state.update("critic", grads, state.critic)
-    gamma = jax.tree.map(lambda p: jnp.clip(p, -self.clip, self.clip), gamma)
-    return state.replace(critic=gamma, opt_state=dict(state.opt_state, critic=opt)), w1
+    def loss_fn(gamma, prior, alpha):
+      loss = game.critic_loss(state.critic_fn(gamma, prior), state.critic_fn(gamma, codes))
+      out = self.lambda_critic * loss
+      if self.critic == "wgan_gp":
+        mixed = prior + alpha[:, None] * (codes - prior)
+        # D acts on each code alone, so the gradient of the sum is each code's own gradient.
+        slopes = jax.grad(lambda z: state.critic_fn(gamma, z).sum())(mixed)
+        out = out + self.gp_weight * jnp.mean((jnp.linalg.norm(slopes, axis=-1) - 1.0) ** 2)
+      return out, game.estimate(loss)
+
+    def one_step(i, carry):
+      gamma, opt, _ = carry
+      k_prior, k_alpha = jax.random.split(jax.random.fold_in(key, i))
+      prior = PRIORS[self.prior][0](k_prior, codes.shape)
+      alpha = jax.random.uniform(k_alpha, codes.shape[:1])
+      (_, estimate), grads = jax.value_and_grad(loss_fn, has_aux=True)(gamma, prior, alpha)
+      updates, opt = state.txs["critic"].update(grads, opt, gamma)
+      gamma = optax.apply_updates(gamma, updates)
+      if self.critic == "clip":
+        gamma = jax.tree.map(lambda p: jnp.clip(p, -self.clip, self.clip), gamma)
+      return gamma, opt, estimate
+
+    n = self.n_critic or (5 if self.critic == "wgan_gp" else 1)
+    gamma, opt, estimate = jax.lax.fori_loop(
+        0, n, one_step, (state.critic, state.opt_state["critic"], jnp.zeros((), jnp.float32)))
+    return state.replace(critic=gamma, opt_state=dict(state.opt_state, critic=opt)), estimate
 
   def regulariser_step(self, state: EmbeddingState, x: jax.Array, extra: Any = None
                        ) -> tuple[EmbeddingState, jax.Array]:
-    """Step 3 on inputs x: (state, lambda_1 mean D(Q(x)) before the step); `extra` (a
-    gradient of the encoder's parameters) is added to the step's gradient."""
+    """Step 3 on inputs x: (state, lambda_1 x the game's encoder loss before the step);
+    `extra` (a gradient of the encoder's parameters) is added to the step's gradient."""
     def loss_fn(q):
-      z, _ = _apply(state, {"q": q, "c": state.params["c"]}, x, method="encode")
-      return self.lambda_reg * state.critic_fn(state.critic, z).mean()
+      z, stats = _apply(state, {"q": q, "c": state.params["c"]}, x, method="encode")
+      return self.lambda_reg * self._game.encoder_loss(state.critic_fn(state.critic, z)), stats
 
-    reg, grads = jax.value_and_grad(loss_fn)(state.params["q"])
+    (reg, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["q"])
     if extra is not None:
       grads = jax.tree.map(jnp.add, grads, extra)
     q, opt = state.update("encoder", grads, state.params["q"])
@@ -259,19 +342,30 @@ class ER(ECLA):
     # epoch, not per optimizer step): step 3 leaves its count where step 2 left it. Adam's own
     # count (bias correction) advances, as the release's shared optimizer's does.
     opt = _hold_schedule(opt, state.opt_state["encoder"])
+    if self.release_bn_stats:  # the release's step-3 forward and its unused second one
+      stats = _encoder_stats(state.replace(batch_stats=stats), state.params, x)
+      state = state.replace(batch_stats=stats)
     return state.replace(params=dict(state.params, q=q),
                          opt_state=dict(state.opt_state, encoder=opt)), reg
 
   def step(self, state, batch, key, *, defense: Defense, augment: bool):
     x, labels, k_model = self._inputs(state, batch, key, defense, augment)
     k_prior, k_class = jax.random.split(k_model)
+    if self.release_bn_stats:  # the release's step-1 forward, before step 2's
+      state = state.replace(batch_stats=_encoder_stats(state, state.params, x))
     # Steps 1 and 2 touch disjoint parts (the critic; the encoder and head), so step 2 runs
     # first and step 1 takes the codes of its forward pass, made with the same parameters.
     state, metrics, codes, g_ce = self._classification(state, x, labels, k_class, self.lambda_ce)
-    state, w1 = self.critic_step(state, codes, PRIORS[self.prior][0](k_prior, codes.shape))
+    state, estimate = self.critic_step(state, codes, k_prior)
     state, reg = self.regulariser_step(state, x, g_ce if self.accumulate_grad else None)
-    return state.replace(step=state.step + 1), {**metrics, "w1_estimate": w1, "regulariser": reg,
-                                                **_code_metrics(codes, self.prior)}
+    return state.replace(step=state.step + 1), {
+        **metrics, self._game.estimate_name: estimate, "regulariser": reg,
+        **_code_metrics(codes, self.prior)}
+
+
+def _encoder_stats(state: EmbeddingState, params: Any, x: jax.Array) -> Any:
+  """The batch statistics after one train-mode encoder pass over x."""
+  return _apply(state, params, x, method="encode")[1]
 
 
 def _hold_schedule(new: Any, old: Any) -> Any:
