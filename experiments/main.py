@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import json
 import logging as std_logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,12 @@ def _define_eval_flags(fv: dict[str, Any]) -> None:
   flags.DEFINE_list("attack_steps", ["7", "20", "40"],
                     "eval: steps of the iterative attacks whose entry sets none.", **fv)
   flags.DEFINE_integer("eval_images", 1000, "eval: the first N images of the test split.", **fv)
-  flags.DEFINE_float("eps", None, "eval: l-inf radius (default: the dataset's PGD eps).", **fv)
+  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "eval: the threat model's norm.", **fv)
+  flags.DEFINE_float("eps", None, "eval: radius in --norm; l-inf default: the dataset's PGD "
+                     "eps; l2 (pixel units, |x_adv - x|_2 with pixels in [0, 1]) has no default.",
+                     **fv)
   flags.DEFINE_float("step_size", None, "eval: default step of the attacks (default: the "
-                     "dataset's PGD step).", **fv)
+                     "dataset's PGD step; under l2, eps / 4).", **fv)
   flags.DEFINE_integer("restarts", 1, "eval: random restarts (robust = survives all).", **fv)
   flags.DEFINE_integer("defense_draws", 10,
                        "eval: draws of the defense's randomness judging each example.", **fv)
@@ -128,7 +132,8 @@ def _define_eval_flags(fv: dict[str, Any]) -> None:
   flags.DEFINE_integer("eval_seed", 0, "eval: seed of the attacks and the defense's draws.", **fv)
   flags.DEFINE_string("eval_name", "eval", "eval: report name, <workdir>/eval/<name>.md.", **fv)
   flags.DEFINE_list("sanity_eps", ["0", "0.0078431", "0.0313725", "0.0627451", "0.5"],
-                    "eval: radii of the BPDA-PGD sanity sweep (empty: none).", **fv)
+                    "eval: radii of the BPDA-PGD sanity sweep in --norm (empty: none; under l2 "
+                    "the default is 0, eps, 2 eps and 0.5 sqrt(pixels)).", **fv)
   flags.DEFINE_integer("sanity_images", 100,
                        "eval: images of the sanity checks (at most --eval_images are used).",
                        **fv)
@@ -194,7 +199,7 @@ def _numbers(name: str, items: list[str], kind: type) -> list:
 
 def run_eval() -> tuple[dict[str, Any], list[str]]:
   """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
-  from menet_jax import evaluation  # noqa: PLC0415 - after flag parsing: keeps --help fast
+  from menet_jax import attacks, evaluation  # noqa: PLC0415 - after flag parsing: keeps --help fast
   from menet_jax.evaluation import report, suite  # noqa: PLC0415
   from menet_jax.utils import machine  # noqa: PLC0415
 
@@ -202,18 +207,29 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
     raise ValueError("--mode=eval runs in one process (on all of its local devices)")
   steps = [validation.integer_in("attack_steps", s, 1)
            for s in _numbers("attack_steps", FLAGS.attack_steps, int)]
-  rows = suite.parse_attacks(suite.split_list(FLAGS.attacks), steps)
-  sanity_eps = [validation.number_in("sanity_eps", e, 0.0, 1.0)
+  norm = FLAGS.norm
+  rows = suite.parse_attacks(suite.split_list(FLAGS.attacks), steps, norm)
+  if norm == "l2" and FLAGS.eps is None:
+    raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
+  # Under l-inf every radius is known before the data; under l2 the bound (sqrt(pixels)) is
+  # checked once the dataset is.
+  sanity_eps = [validation.number_in("sanity_eps", e, 0.0, 1.0 if norm == "linf" else math.inf)
                 for e in _numbers("sanity_eps", FLAGS.sanity_eps, float)]
   for name in ("eval_images", "sanity_images", "restarts", "defense_draws", "eval_batch_size"):
     validation.integer_in(name, FLAGS[name].value, 1)
   config = evaluation.read_config(FLAGS.workdir)
   _check_dataset(config.dataset)
   pgd = config_lib.pgd_defaults(config.dataset)
-  eps = validation.number_in("eps", FLAGS.eps if FLAGS.eps is not None else pgd["eps"], 0.0, 1.0)
+  largest = attacks.max_radius(norm, config.image_shape())
+  eps = validation.number_in("eps", FLAGS.eps if FLAGS.eps is not None else pgd["eps"], 0.0,
+                             largest)
+  default_step = pgd["step_size"] if norm == "linf" else eps / 4
   step_size = validation.number_in(
-      "step_size", FLAGS.step_size if FLAGS.step_size is not None else pgd["step_size"], 0.0, 1.0,
-      lo_open=True)
+      "step_size", FLAGS.step_size if FLAGS.step_size is not None else default_step, 0.0,
+      largest, lo_open=True)
+  if norm == "l2" and not FLAGS["sanity_eps"].present:
+    sanity_eps = [0.0, eps, 2 * eps, 0.5 * largest]
+  sanity_eps = [validation.number_in("sanity_eps", e, 0.0, largest) for e in sanity_eps]
   overrides = {k: FLAGS[k].value for k in ("inference", "votes") if FLAGS[k].present}
   split = FLAGS.test_split or config.test_split
   images, labels = data.load(config.dataset, split, FLAGS.data_dir or config.data_dir)
@@ -238,7 +254,7 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
       restored, source, images, labels, rows=rows, eps=eps, step_size=step_size,
       restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
       batch_size=FLAGS.eval_batch_size, sanity_eps=sanity_eps,
-      sanity_images=min(FLAGS.sanity_images, n), store=store)
+      sanity_images=min(FLAGS.sanity_images, n), store=store, norm=norm)
   record.update(
       run=str(FLAGS.workdir), checkpoint=restored.checkpoint, step=restored.step,
       model=config.model, split=split, source=source.checkpoint if source else None,

@@ -1,11 +1,16 @@
-"""FGSM and projected gradient descent under an l-infinity bound.
+"""FGSM and projected gradient descent under an l-infinity or l2 bound.
 
     FGSM (Goodfellow et al., 2015):  x_adv = clip(x + eps sign(grad_x L(x)), 0, 1)
     PGD (Madry et al., 2018):
-      x_0     = clip(x + U(-eps, eps), 0, 1)                         (random start)
-      x_{t+1} = clip(Pi_eps(x_t + alpha sign(grad_x L(x_t, t))), 0, 1)
+      x_0     = clip(x + d_0, 0, 1)                                  (random start)
+      x_{t+1} = clip(Pi_eps(x_t + alpha s(grad_x L(x_t, t))), 0, 1)
 
-where Pi_eps projects onto the l-inf ball of radius eps around the clean x.
+where Pi_eps projects onto the ball of radius eps around the clean x. Under
+l-inf, s(g) = sign(g) and d_0 ~ U(-eps, eps)^d; under l2, s(g) = g / |g|_2,
+Pi_eps(x + d) = x + d min(1, eps / |d|_2) and d_0 is uniform in the l2 ball
+(a Gaussian direction, radius eps u^(1/d), u ~ U(0, 1)). Clipping to [0, 1]
+after the projection keeps the iterate in either ball: each coordinate moves
+towards the clean pixel, which lies in [0, 1].
 The loss receives the step index t so that a randomized defense inside it can
 draw fresh randomness at every step (ME-Net's training, BPDA and EOT attacks).
 
@@ -19,6 +24,7 @@ final example under the defense.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -27,14 +33,33 @@ import jax.numpy as jnp
 from menet_jax.utils import validation
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+NORMS = ("linf", "l2")
 
 
-def check_inputs(x: jax.Array, eps: float) -> float:
-  """Validates the clean batch and the radius shared by every l-inf attack."""
-  eps = validation.number_in("eps", eps, 0.0, 1.0)
+def max_radius(norm: str, shape: tuple[int, ...]) -> float:
+  """The largest distance between two images of `shape` (one example, no batch axis) in
+  [0, 1]: 1 under l-inf, sqrt(pixels) under l2; radii are validated against it."""
+  validation.choice("norm", norm, NORMS)
+  return 1.0 if norm == "linf" else math.sqrt(math.prod(shape))
+
+
+def check_inputs(x: jax.Array, eps: float, norm: str = "linf") -> float:
+  """Validates the clean batch and the radius of a `norm` attack."""
   validation.floating_array("x", x, min_ndim=1)
+  eps = validation.number_in("eps", eps, 0.0, max_radius(norm, x.shape[1:]))
   validation.values_in("x", x, 0.0, 1.0)
   return eps
+
+
+def l2_norms(v: jax.Array) -> jax.Array:
+  """(B, ...) -> (B, 1, ..., 1) the l2 norm of each example, broadcastable against v."""
+  return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def project_l2(x_adv: jax.Array, x: jax.Array, eps: float) -> jax.Array:
+  """x_adv moved onto the l2 ball of radius eps around x (radially), then clipped to [0, 1]."""
+  d = x_adv - x
+  return jnp.clip(x + d * jnp.minimum(1.0, eps / jnp.maximum(l2_norms(d), 1e-12)), 0.0, 1.0)
 
 
 def ball(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
@@ -66,8 +91,8 @@ def fgsm(loss_fn: LossFn, x: jax.Array, *, eps: float) -> jax.Array:
 
 def pgd(loss_fn: LossFn, key: jax.Array, x: jax.Array, *, eps: float, step_size: float,
         steps: int, random_start: bool = True, keep_best: bool = False,
-        start: jax.Array | None = None) -> jax.Array:
-  """l-inf PGD that ascends `loss_fn`.
+        start: jax.Array | None = None, norm: str = "linf") -> jax.Array:
+  """PGD that ascends `loss_fn` in the `norm` ball.
 
   Args:
     loss_fn: (x_adv (B, ...), t int32 scalar) -> (B,) per-example loss to maximise;
@@ -75,33 +100,40 @@ def pgd(loss_fn: LossFn, key: jax.Array, x: jax.Array, *, eps: float, step_size:
       iterate's loss when keep_best.
     key: PRNG key for the random start.
     x: (B, ...) float clean inputs in [0, 1].
-    eps: l-inf radius, >= 0.
-    step_size: alpha > 0.
+    eps: radius, in [0, 1] (l-inf) or [0, sqrt(pixels)] (l2; pixels in [0, 1]).
+    step_size: alpha > 0, at most the largest radius.
     steps: number of gradient steps, >= 1.
     random_start: start from a uniform point of the eps-ball (Madry et al.).
     keep_best: return each example's highest-loss iterate instead of the last.
     start: (B, ...) a starting point of the attacker's choice (projected onto
       the eps-ball and [0, 1]); replaces the random start.
+    norm: "linf" or "l2".
 
   Returns:
-    (B, ...) adversarial inputs with |x_adv - x|_inf <= eps, in [0, 1].
+    (B, ...) adversarial inputs with |x_adv - x| <= eps in `norm`, in [0, 1].
   """
-  eps = check_inputs(x, eps)
-  validation.number_in("step_size", step_size, 0.0, 1.0, lo_open=True)
+  eps = check_inputs(x, eps, norm)
+  validation.number_in("step_size", step_size, 0.0, max_radius(norm, x.shape[1:]), lo_open=True)
   validation.integer_in("steps", steps, 1)
-  lo, hi = ball(x, eps)
+  if norm == "linf":
+    lo, hi = ball(x, eps)
+    project = lambda xa: jnp.clip(xa, lo, hi)
+    direction = jnp.sign
+  else:
+    project = lambda xa: project_l2(xa, x, eps)
+    direction = lambda g: g / jnp.maximum(l2_norms(g), 1e-12)
   if start is not None:
     if start.shape != x.shape:
       raise ValueError(f"start must have the shape of x {x.shape}, got {start.shape}")
-    start = jnp.clip(start, lo, hi)
+    start = project(start)
   elif random_start:
-    start = jnp.clip(x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps), lo, hi)
+    start = project(x + _uniform_in_ball(key, x, eps, norm))
   else:
     start = x
   start = jax.lax.stop_gradient(start)
 
   def ascend(xa, g):
-    return jnp.clip(xa + step_size * jnp.sign(g), lo, hi)
+    return project(xa + step_size * direction(g))
 
   if not keep_best:
     return jax.lax.fori_loop(
@@ -120,3 +152,14 @@ def pgd(loss_fn: LossFn, key: jax.Array, x: jax.Array, *, eps: float, step_size:
   init = (start, (start, jnp.full(x.shape[:1], -jnp.inf, x.dtype)))
   last, best = jax.lax.fori_loop(0, steps, step, init)
   return better(best, (last, loss_fn(last, jnp.int32(steps))))[0]
+
+
+def _uniform_in_ball(key: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
+  """(B, ...) offsets uniform in the `norm` ball of radius eps (before clipping to [0, 1])."""
+  if norm == "linf":
+    return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  k_dir, k_radius = jax.random.split(key)
+  u = jax.random.normal(k_dir, x.shape, x.dtype)
+  dims = math.prod(x.shape[1:])
+  radius = eps * jax.random.uniform(k_radius, (x.shape[0],) + (1,) * (x.ndim - 1)) ** (1 / dims)
+  return radius * u / jnp.maximum(l2_norms(u), 1e-12)

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from menet_jax import defenses
-from menet_jax.attacks import cross_entropy
+from menet_jax.attacks import cross_entropy, max_radius
 from menet_jax.defenses import Defense
 from menet_jax.evaluation import sanity, suite
 from menet_jax.evaluation.restore import Restored
@@ -57,9 +57,10 @@ class Row:
     spec: the attack's canonical component string; attack: its name.
     label: short name for tables ("bpda_eot-200").
     threat: the attacker's access; steps: its steps, if it takes any.
-    eps: the radius the row was run at.
+    eps: the radius the row was run at, in `norm` ("linf" or "l2").
     correct: (draws, N) bool, image j correct under draw d (and every restart).
-    max_linf: largest |x_adv - x|; wall_s: seconds it took when computed.
+    max_linf, max_l2: largest |x_adv - x| in either norm (max_l2 None in rows stored before
+      it was kept); wall_s: seconds it took when computed.
   """
   spec: str
   attack: str
@@ -67,8 +68,10 @@ class Row:
   threat: str
   steps: int | None
   eps: float
+  norm: str
   correct: np.ndarray
   max_linf: float
+  max_l2: float | None
   wall_s: float
   description: str
 
@@ -162,7 +165,8 @@ def _placed(defense: Defense) -> Defense:
 
 
 def context(restored: Restored, variables: Any, source: Restored | None, source_variables: Any,
-            *, eps: float, step_size: float, defense: Defense | None = None) -> suite.Context:
+            *, eps: float, step_size: float, defense: Defense | None = None,
+            norm: str = "linf") -> suite.Context:
   """The attack context of `restored` behind `defense` (default its own), with explicit
   variables so that jit sees them as arguments. The defense's draws run per device."""
   network = restored.network(variables)
@@ -181,13 +185,13 @@ def context(restored: Restored, variables: Any, source: Restored | None, source_
   source_net = source.network(source_variables) if source is not None else None
   return suite.Context(network=network, defended=lambda x, key: network(preprocess(x, key)),
                        through=through, preprocess=preprocess, source=source_net,
-                       defense=defense, eps=eps, step_size=step_size)
+                       defense=defense, eps=eps, step_size=step_size, norm=norm)
 
 
 def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, *, restored, source,
-                  defense, spec, eps, step_size, restarts, draws):
+                  defense, spec, eps, step_size, restarts, draws, norm):
   ctx = context(restored, variables, source, source_variables, eps=eps, step_size=step_size,
-                defense=defense)
+                defense=defense, norm=norm)
   attack = suite.ATTACKS.lookup(spec)
   placed = _placed(defense)
 
@@ -195,21 +199,24 @@ def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, *, 
     x_adv = attack(ctx, jax.random.fold_in(key, r), x, y)
     labels = jax.lax.map(lambda d: placed.predict(ctx.network, jax.random.fold_in(eval_key, d),
                                                   x_adv, indices), jnp.arange(draws))
-    return labels == y, jnp.max(jnp.abs(x_adv - x))
+    d = (x_adv - x).reshape(x.shape[0], -1)
+    return labels == y, jnp.max(jnp.abs(d)), jnp.max(jnp.linalg.norm(d, axis=1))
 
-  correct, linf = jax.lax.map(one_restart, jnp.arange(restarts))
-  return jnp.all(correct, axis=0), jnp.max(linf)
+  correct, linf, l2 = jax.lax.map(one_restart, jnp.arange(restarts))
+  return jnp.all(correct, axis=0), jnp.max(linf), jnp.max(l2)
 
 
-def check_attack(spec: str, defense: Defense, *, has_source: bool
+def check_attack(spec: str, defense: Defense, *, has_source: bool, norm: str = "linf"
                  ) -> tuple[str, dict[str, Any], suite.Threat]:
   """(name, parameters, threat model) of an attack string that can run against `defense`.
 
   Raises ValueError, before anything runs, for an unknown attack or argument, a transfer attack
-  without a source model, or a gradient view that the defense does not offer.
+  without a source model, a gradient view that the defense does not offer, or an attack that
+  does not run under `norm`.
   """
   name, params = suite.ATTACKS.bind(spec)
   threat = suite.threat(name)
+  suite.check_norm(name, norm)
   if threat.needs_source and not has_source:
     raise ValueError(f"attack {name!r} needs the independently trained copy (--source_workdir)")
   if params.get("view", "bpda") not in defense.views:
@@ -222,63 +229,70 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
                labels: np.ndarray, *, spec: str, eps: float, step_size: float, restarts: int,
                draws: int, attack_key: jax.Array, eval_key: jax.Array, batch_size: int,
                defense: Defense | None = None, indices: np.ndarray | None = None,
-               store: RowStore | None = None) -> Row:
+               store: RowStore | None = None, norm: str = "linf") -> Row:
   """Attacks every image and judges the final examples under the defense.
 
   Args:
     restored, source: the target and the independently trained copy (or None).
     images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
     spec: an attack's component string (`suite.parse_attacks` gives canonical ones).
-    eps, step_size: the threat model's radius and default step.
+    eps, step_size: the threat model's radius and default step, in `norm`; under l2 in pixel
+      units (|x_adv - x|_2 with pixels in [0, 1]), at most sqrt(pixels).
     restarts: >= 1 (deterministic attacks run once); draws: >= 1 draws judging each example.
     attack_key, eval_key: PRNG keys of the attacker and of the defense's judgement.
     batch_size: images per batch (the last batch is padded and the padding ignored).
     defense: the defense to attack and judge through (default: the run's).
     indices: (N,) the images' indices in their split (default arange(N)).
     store: where finished rows are kept (and read back instead of recomputed).
+    norm: the threat model's norm, "linf" or "l2".
   """
   defense = defense or restored.defense
-  name, params, threat = check_attack(spec, defense, has_source=source is not None)
+  name, params, threat = check_attack(spec, defense, has_source=source is not None, norm=norm)
   spec = suite.format_spec(name, params)
   restarts = validation.integer_in("restarts", restarts, 1)
   if not threat.random:
     restarts = 1  # a deterministic attack gives the same example every restart
   draws = validation.integer_in("draws", draws, 1)
   batch_size = validation.integer_in("batch_size", batch_size, 1)
-  eps = validation.number_in("eps", eps, 0.0, 1.0)
-  step_size = validation.number_in("step_size", step_size, 0.0, 1.0, lo_open=True)
+  largest = max_radius(norm, images.shape[1:])
+  eps = validation.number_in("eps", eps, 0.0, largest)
+  step_size = validation.number_in("step_size", step_size, 0.0, largest, lo_open=True)
   row = dict(spec=spec, attack=name, label=label(spec), threat=threat.access,
-             steps=params.get("steps") if threat.iterative else None, eps=eps,
+             steps=params.get("steps") if threat.iterative else None, eps=eps, norm=norm,
              description=suite.description(name))
   # The images of this call: the sanity sweep attacks a prefix of the evaluation's images.
-  what = {"spec": spec, "eps": eps, "step_size": step_size, "images": len(images)}
+  # The norm enters the key only where it is not l-inf, so rows stored before l2 existed stay
+  # valid.
+  what = {"spec": spec, "eps": eps, "step_size": step_size, "images": len(images),
+          **({"norm": norm} if norm != "linf" else {})}
   stored = store.get(what) if store is not None else None
   if stored is not None:
     return Row(**row, correct=stored["correct"], max_linf=stored["max_linf"],
-               wall_s=stored["wall_s"])
+               max_l2=stored.get("max_l2"), wall_s=stored["wall_s"])
 
   n = len(images)
   indices = np.arange(n) if indices is None else np.asarray(indices)
   fn = jax.jit(functools.partial(
       _attack_batch, restored=restored, source=source, defense=defense, spec=spec, eps=eps,
-      step_size=step_size, restarts=restarts, draws=draws))
+      step_size=step_size, restarts=restarts, draws=draws, norm=norm))
   key = jax.random.fold_in(attack_key, zlib.crc32(spec.encode()))
   source_vars = source.variables if source is not None else None
   t0 = time.perf_counter()
-  correct, linf = [], 0.0
+  correct, linf, l2 = [], 0.0, 0.0
   for start in range(0, n, batch_size):
     rows = np.arange(start, start + batch_size)
     valid = rows < n
     rows = np.where(valid, rows, n - 1)
-    c, l = fn(restored.variables, source_vars, jax.random.fold_in(key, start),
-              jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
-              jnp.asarray(indices[rows]), eval_key)
+    c, batch_linf, batch_l2 = fn(
+        restored.variables, source_vars, jax.random.fold_in(key, start),
+        jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
+        jnp.asarray(indices[rows]), eval_key)
     correct.append(np.asarray(c)[:, valid])
-    linf = max(linf, float(l))
+    linf, l2 = max(linf, float(batch_linf)), max(l2, float(batch_l2))
   correct = np.concatenate(correct, axis=1)  # (draws, N)
-  result = Row(**row, correct=correct, max_linf=linf, wall_s=time.perf_counter() - t0)
+  result = Row(**row, correct=correct, max_linf=linf, max_l2=l2, wall_s=time.perf_counter() - t0)
   if store is not None:
-    store.put(what, correct, {"max_linf": linf, "wall_s": result.wall_s})
+    store.put(what, correct, {"max_linf": linf, "max_l2": l2, "wall_s": result.wall_s})
   return result
 
 
@@ -341,7 +355,8 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
              labels: np.ndarray, *, rows: Sequence[str], eps: float, step_size: float,
              restarts: int, draws: int, seed: int, batch_size: int, sanity_eps: Sequence[float],
              sanity_images: int, defense: Defense | None = None, store: RowStore | None = None,
-             log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+             log: Callable[[str], None] = print, norm: str = "linf"
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Runs the attack rows, the worst case over them and the sanity checks.
 
   A "clean" row comes first whether asked for or not: every report gives the defense's clean
@@ -349,7 +364,7 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
 
   Args:
     rows: canonical attack strings, from `suite.parse_attacks`.
-    eps, step_size: the threat model's radius and the attacks' default step.
+    eps, step_size: the threat model's radius and the attacks' default step, in `norm`.
     seed: the evaluation's seed (attacker: fold_in(seed, 0); judgement: fold_in(seed, 1)).
     sanity_eps: radii of the BPDA-PGD sweep (empty: no sweep); it runs on the
       first `sanity_images` images at the largest step count of `rows` (or 20),
@@ -357,6 +372,8 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
       radii are reachable).
     defense: the defense to attack and judge through (default: the run's).
     store: keeps finished rows (sweep rows included) for a rerun to resume from.
+    norm: the threat model's norm, "linf" or "l2" (pixel units); the sweep's radii are in it
+      and its "accuracy ~ 0" check is at half the largest distance (mid-grey from anywhere).
 
   Returns:
     (record, verdicts): the JSON-serialisable record a report needs, and each
@@ -366,10 +383,11 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
   attack_key, eval_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
   defense = defense or restored.defense
   common = dict(restarts=restarts, draws=draws, attack_key=attack_key, eval_key=eval_key,
-                batch_size=batch_size, defense=defense, store=store)
+                batch_size=batch_size, defense=defense, store=store, norm=norm)
   rows = list(rows) if "clean" in rows else ["clean", *rows]
   for spec in rows:  # every row's arguments, before the first one runs
-    check_attack(spec, defense, has_source=source is not None)
+    check_attack(spec, defense, has_source=source is not None, norm=norm)
+  largest = max_radius(norm, images.shape[1:])
   m = validation.integer_in("sanity_images", sanity_images, 1, len(images))
   results = []
   for spec in rows:
@@ -393,13 +411,14 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
   sweep_steps = max(steps, default=20)
   sweep, sweep_rows = [], []
   for e in sanity_eps:
-    e = validation.number_in("sanity_eps", e, 0.0, 1.0)
+    e = validation.number_in("sanity_eps", e, 0.0, largest)
     r = run_attack(restored, source, images[:m], labels[:m], spec=f"bpda_pgd(steps={sweep_steps})",
                    eps=e, step_size=max(step_size, 2.5 * e / sweep_steps), **common)
     log(f"  sanity sweep: bpda_pgd-{sweep_steps} eps {e:.4g}: {r.accuracy:.2%}")
     sweep.append((e, r.accuracy))
     sweep_rows.append(r)
-  checks += sanity.eps_sweep(sweep, m) + sanity.attack_order(results, defense.randomized) + \
+  checks += sanity.eps_sweep(sweep, m, unbounded=0.5 * largest) + \
+      sanity.attack_order(results, defense.randomized) + \
       sanity.steps_monotone(results)
   agreement = gradient_agreement(restored, images[:m], labels[:m], jax.random.fold_in(root, 3),
                                  defense=defense)
@@ -413,8 +432,10 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
                        "eps_sweep": {"attack": "bpda_pgd", "steps": sweep_steps, "images": m,
                                      "accuracy": [{"eps": e, "accuracy": a} for e, a in sweep]},
                        "gradients": grads, "gradient_agreement": agreement},
-            "eps": eps, "step_size": step_size, "restarts": restarts, "draws": draws,
-            "seed": seed, "images": len(images), "batch_size": batch_size,
+            "eps": eps, "norm": norm, "step_size": step_size, "restarts": restarts,
+            "draws": draws,
+            "seed": seed, "images": len(images), "pixels": int(np.prod(images.shape[1:])),
+            "batch_size": batch_size,
             "defense": defense.describe(),
             # The attacks' own times, kept with their rows: a resumed evaluation reports the
             # times of the rows as they were computed.

@@ -9,7 +9,7 @@ their signature, so a command line names them with their budgets:
 
 Every attack is `fn(ctx, key, x, y, *, params...) -> x_adv` on a batch x:
 (B, H, W, C) in [0, 1], labels y: (B,). `ctx` (`Context`) carries the target,
-its defense and the threat model's radius. A step size of None is the runner's
+its defense and the threat model's norm and radius (l-inf, or l2 in pixel units). A step size of None is the runner's
 default step. For an undefended target (the identity defense) the BPDA attacks
 are plain white-box attacks and gray-box is white-box.
 
@@ -50,6 +50,7 @@ class Threat:
     iterative: takes the runner's step counts (--attack_steps) for `steps`.
     random: its result depends on the key (restarts make sense).
     needs_source: needs the independently trained copy.
+    norms: the threat models' norms it runs under ("linf", "l2").
   """
   access: str
   method: str = "none"
@@ -57,6 +58,7 @@ class Threat:
   iterative: bool = False
   random: bool = False
   needs_source: bool = False
+  norms: tuple[str, ...] = ("linf",)
 
   def knowledge(self, params: dict[str, Any], randomized: bool) -> int:
     """Rank of what the attacker knows: transfer < gray-box < white-box < white-box that
@@ -78,7 +80,7 @@ class Context:
     preprocess: (x, key) -> the defended input under one draw (x for the identity).
     source: x -> logits of the independently trained copy (transfer attacks), or None.
     defense: the target's defense.
-    eps: l-inf radius of the threat model.
+    eps: radius of the threat model, in `norm` ("linf" or "l2", pixels in [0, 1]).
     step_size: the default step of the iterative attacks.
   """
   network: Logits
@@ -89,6 +91,7 @@ class Context:
   defense: Defense
   eps: float
   step_size: float
+  norm: str = "linf"
 
   def step(self, step_size: float | None) -> float:
     return self.step_size if step_size is None else step_size
@@ -125,18 +128,21 @@ def split_list(text: str) -> list[str]:
   return [p for p in parts if p]
 
 
-def parse_attacks(entries: list[str], default_steps: list[int]) -> list[str]:
+def parse_attacks(entries: list[str], default_steps: list[int], norm: str = "linf"
+                  ) -> list[str]:
   """Attack entries -> the canonical component string of every row, validated before any work.
 
   An entry is a component string ("bpda_eot(steps=200, samples=40)") or the
   shorthand name@s1/s2 for steps=s1 and steps=s2. An iterative attack whose
-  entry sets no steps runs at each of `default_steps`.
+  entry sets no steps runs at each of `default_steps`. Every attack must run
+  under the threat model's `norm`.
   """
   rows = []
   for entry in entries:
     spec, _, steps_text = entry.partition("@")
     name, given = parse(spec)
     t = threat(name)
+    check_norm(name, norm)
     if steps_text:
       if "steps" not in [p.name for p in ATTACKS.entry(name).parameters] or not t.iterative:
         raise ValueError(f"attack {name!r} does not take the runner's steps (set its budget "
@@ -154,6 +160,15 @@ def parse_attacks(entries: list[str], default_steps: list[int]) -> list[str]:
   if not rows:
     raise ValueError("attacks must name at least one attack")
   return rows
+
+
+def check_norm(name: str, norm: str) -> None:
+  """Raises ValueError unless attack `name` runs under `norm`."""
+  norms = threat(name).norms
+  if norm not in norms:
+    raise ValueError(f"attack {name!r} runs under the {'/'.join(norms)} threat model only, "
+                     f"not norm={norm!r}; under l2: "
+                     f"{', '.join(n for n in names() if 'l2' in threat(n).norms)}")
 
 
 def _positive_steps(steps: int) -> int:
@@ -175,7 +190,8 @@ def _cw(kappa: float):
   return lambda logits, y: attacks.cw_margin(logits, y, kappa)
 
 
-@register("clean", threat=Threat("none"), description="the unperturbed test images")
+@register("clean", threat=Threat("none", norms=attacks.NORMS),
+          description="the unperturbed test images")
 def _clean(ctx, key, x, y):
   return x
 
@@ -193,21 +209,24 @@ def _network_attacks(prefix: str, access: str, logits_of: Callable[[Context], Lo
     return attacks.fgsm(_on(logits_of(ctx), attacks.cross_entropy, y), x, eps=ctx.eps)
 
   @register(f"{prefix}pgd", threat=Threat(access, "pgd", "cross_entropy", iterative=True,
-                                          random=True, needs_source=source),
+                                          random=True, needs_source=source, norms=attacks.NORMS),
             description=f"PGD (cross-entropy) on {where}")
   def _pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
     return attacks.pgd(_on(logits_of(ctx), attacks.cross_entropy, y), key, x, eps=ctx.eps,
-                       step_size=ctx.step(step_size), steps=_positive_steps(steps))
+                       step_size=ctx.step(step_size), steps=_positive_steps(steps),
+                       norm=ctx.norm)
 
   def cw_attack(kappa: float):
     def _cw_attack(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None):
       return attacks.pgd(_on(logits_of(ctx), _cw(kappa), y), key, x, eps=ctx.eps,
-                         step_size=ctx.step(step_size), steps=_positive_steps(steps))
+                         step_size=ctx.step(step_size), steps=_positive_steps(steps),
+                         norm=ctx.norm)
     return _cw_attack
 
   for kappa in (20, 50):
     register(f"{prefix}cw{kappa}", threat=Threat(access, "pgd", f"cw{kappa}", iterative=True,
-                                                 random=True, needs_source=source),
+                                                 random=True, needs_source=source,
+                                                 norms=attacks.NORMS),
              description=f"PGD on the CW margin loss, kappa = {kappa}, on {where}")(
                  cw_attack(kappa))
 
@@ -222,18 +241,19 @@ def _through(ctx: Context, view: str) -> RandomLogits:
 
 
 @register("bpda_pgd", threat=Threat("white-box", "pgd", "cross_entropy", iterative=True,
-                                    random=True),
+                                    random=True, norms=attacks.NORMS),
           description="PGD through the defense's gradient view (BPDA identity by default), a "
                       "fresh draw per step")
 def _bpda_pgd(ctx, key, x, y, *, steps: int = 20, step_size: float | None = None,
               view: str = "bpda"):
   k_start, k_draws = jax.random.split(key)
   return attacks.pgd(_fresh(_through(ctx, view), attacks.cross_entropy, y, k_draws), k_start, x,
-                     eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps))
+                     eps=ctx.eps, step_size=ctx.step(step_size), steps=_positive_steps(steps),
+                     norm=ctx.norm)
 
 
 @register("bpda_eot", threat=Threat("white-box", "pgd", "cross_entropy", iterative=True,
-                                    random=True),
+                                    random=True, norms=attacks.NORMS),
           description="BPDA-PGD with EOT: each step averages `samples` draws (one for a "
                       "deterministic defense); keeps the iterate with the highest average loss")
 def _bpda_eot(ctx, key, x, y, *, steps: int = 20, samples: int = 40,
@@ -243,7 +263,7 @@ def _bpda_eot(ctx, key, x, y, *, steps: int = 20, samples: int = 40,
   loss = attacks.eot(lambda xa, k: attacks.cross_entropy(ctx.through(xa, k, view), y), k_draws,
                      samples, chunk=min(chunk, samples))
   return attacks.pgd(loss, k_start, x, eps=ctx.eps, step_size=ctx.step(step_size),
-                     steps=_positive_steps(steps), keep_best=True)
+                     steps=_positive_steps(steps), keep_best=True, norm=ctx.norm)
 
 
 def _apgd(loss):
@@ -298,10 +318,25 @@ def _spsa(ctx, key, x, y, *, samples: int = 2048, steps: int = 100, lr: float = 
                       steps=steps, samples=samples, lr=lr, delta=delta)
 
 
-@register("boundary", threat=Threat("decision-based", "boundary", "decision", random=True),
+@register("boundary", threat=Threat("decision-based", "boundary", "decision", random=True,
+                                    norms=attacks.NORMS),
           description="Boundary attack on the defended decisions (`steps` proposals), its "
                       "l2-minimal point projected onto the eps-ball")
 def _boundary(ctx, key, x, y, *, steps: int = 1000):
   wrong = lambda xa, k: jnp.argmax(ctx.defended(xa, k), -1) != y
   x_b, _ = attacks.boundary(wrong, key, x, steps=steps)
+  if ctx.norm == "l2":
+    return attacks.project_l2(x_b, x, ctx.eps)
   return attacks.project_linf(x_b, x, ctx.eps)
+
+
+@register("cw_l2", threat=Threat("white-box", "cw", "cw", random=True, norms=("l2",)),
+          description="Carlini-Wagner l2 through the defense's gradient view (`binary_steps` "
+                      "rounds of `steps` Adam steps, a fresh draw per step); its closest "
+                      "example projected onto the eps-ball")
+def _cw_l2(ctx, key, x, y, *, steps: int = 1000, binary_steps: int = 5, lr: float = 0.01,
+           initial_const: float = 1.0, view: str = "bpda"):
+  x_cw, _ = attacks.cw_l2(lambda xa, t: ctx.through(xa, jax.random.fold_in(key, t), view), x, y,
+                          steps=steps, binary_steps=binary_steps, lr=lr,
+                          initial_const=initial_const)
+  return attacks.project_l2(x_cw, x, ctx.eps)

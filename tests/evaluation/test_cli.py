@@ -38,6 +38,9 @@ def _cli(args, entry="experiments.cifar10"):
     (["--attack_steps=0"], "error: attack_steps must be an integer >= 1"),
     (["--attack_steps=7.5"], "error: attack_steps must be ints"),
     (["--sanity_eps=-1"], "error: sanity_eps must be in [0.0, 1.0]"),
+    (["--norm=l2"], "error: --norm=l2 needs --eps"),
+    (["--norm=l2", "--eps=1", "--attacks=clean,apgd_ce"],
+     "error: attack 'apgd_ce' runs under the linf threat model only, not norm='l2'"),
     ([], "error: no trained run in"),
 ])
 def test_eval_cli_errors(tmp_path, args, match):
@@ -206,3 +209,20 @@ def test_any_defense_in_front_of_a_trained_classifier(trained_run):
               "--attacks=bpda_pgd(view=frozen)", *SETTINGS, "--eval_name=bad"])
   assert bad.returncode == 2
   assert "offers bpda" in bad.stderr
+
+
+def test_l2_evaluation_reports_pixel_and_per_pixel_radii(trained_run):
+  proc = _cli([f"--workdir={trained_run}", "--norm=l2", "--eps=0.5", "--eval_name=l2",
+               "--attacks=clean,pgd,bpda_eot(samples=2),cw_l2(steps=3,binary_steps=2),"
+               "boundary(steps=3)", "--attack_steps=2", "--eval_images=4", "--defense_draws=1",
+               "--sanity_images=4", "--eval_batch_size=4", "--allow_failed_checks"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((trained_run / "eval" / "l2.json").read_text())
+  assert record["norm"] == "l2" and record["pixels"] == 32 * 32 * 3
+  assert all(r["max_l2"] <= 0.5 + 1e-5 for r in record["results"])
+  # The default sweep under l2: 0, eps, 2 eps and half the largest distance, sqrt(3072) / 2.
+  sweep = [a["eps"] for a in record["sanity"]["eps_sweep"]["accuracy"]]
+  np.testing.assert_allclose(sweep, [0.0, 0.5, 1.0, 0.5 * np.sqrt(3072)], rtol=1e-6)
+  md = (trained_run / "eval" / "l2.md").read_text()
+  assert f"l2 eps 0.5 (|x_adv - x|_2, pixels in [0, 1]; {0.5 / 3072:.4g} per pixel" in md
+  assert "accuracy ~ 0 at eps 27.71" in md

@@ -133,16 +133,21 @@ def test_every_registered_attack_runs_through_a_defense_within_eps():
   x = np.asarray(jax.random.uniform(jax.random.key(2), (4, 16, 16, 3)))
   y = np.arange(4)
   small = {"bpda_eot": "samples=2, chunk=2", "apgd_ce": "samples=2", "apgd_dlr": "samples=2",
-           "projected_bpda": "rank=2", "spsa": "samples=4, steps=2", "boundary": "steps=3"}
+           "projected_bpda": "rank=2", "spsa": "samples=4, steps=2", "boundary": "steps=3",
+           "cw_l2": "steps=2, binary_steps=1"}
   for name in suite.names():
-    entry = f"{name}({small[name]})" if name in small else name
-    (spec,) = suite.parse_attacks([entry], [2])
-    r = evaluation.run_attack(target, small_cnn(seed=1), x, y, spec=spec, eps=0.05,
-                              step_size=0.02, restarts=1, draws=2, attack_key=jax.random.key(0),
-                              eval_key=jax.random.key(1), batch_size=4)
-    assert r.max_linf <= 0.05 + 1e-6, name
-    assert 0.0 <= r.robust_all_draws <= r.mean_over_draws <= 1.0, name
-    assert r.steps == (2 if suite.threat(name).iterative else None), name
+    for norm, eps in (("linf", 0.05), ("l2", 0.5)):
+      if norm not in suite.threat(name).norms:
+        continue
+      entry = f"{name}({small[name]})" if name in small else name
+      (spec,) = suite.parse_attacks([entry], [2], norm)
+      r = evaluation.run_attack(target, small_cnn(seed=1), x, y, spec=spec, eps=eps,
+                                step_size=eps / 2, restarts=1, draws=2, norm=norm,
+                                attack_key=jax.random.key(0), eval_key=jax.random.key(1),
+                                batch_size=4)
+      assert (r.max_linf if norm == "linf" else r.max_l2) <= eps + 1e-5, (name, norm)
+      assert r.norm == norm and 0.0 <= r.robust_all_draws <= r.mean_over_draws <= 1.0, name
+      assert r.steps == (2 if suite.threat(name).iterative else None), name
 
 
 def test_ride_is_evaluated_through_its_views_with_the_gradient_agreement():

@@ -12,7 +12,8 @@ def _row(spec, accuracy, n=500):
   return runner.Row(spec=suite.format_spec(name, params), attack=name,
                     label=runner.label(suite.format_spec(name, params)),
                     threat=suite.threat(name).access, steps=params.get("steps"), eps=0.03,
-                    correct=correct, max_linf=0.0, wall_s=0.0, description="")
+                    norm="linf", correct=correct, max_linf=0.0, max_l2=0.0, wall_s=0.0,
+                    description="")
 
 
 def test_sanity_checks_flag_what_they_should():
