@@ -1,0 +1,1 @@
+"""Analyses of data and learned representations: intrinsic dimension, t-SNE of codes."""
