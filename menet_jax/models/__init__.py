@@ -57,7 +57,9 @@ register("vgg19_bn", VGG, layout="vgg19", batch_norm=True)
 # The ER-Classifier's (shared/specs/ER-Classifier.md 1.6), on raw pixels as its lineage (WAE).
 for _name, _encoder, _head in (("er_mnist", "wae", "bn_mlp"), ("er_cifar10", "vgg19", "dropout_mlp"),
                                ("er_stl10", "wae_stl10", "bn_mlp"),
-                               ("er_tiny_imagenet", "vgg16_bn", "wide_mlp")):
+                               ("er_tiny_imagenet", "vgg16_bn", "wide_mlp"),
+                               # CPU scale, not the paper's: a small_cnn encoder, CIFAR's head.
+                               ("er_cifar10_small", "small_cnn", "dropout_mlp")):
   register(_name, EmbeddingClassifier, normalization="raw", encoder=_encoder, head=_head)
 
 

@@ -26,6 +26,16 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def features(x: jax.Array, widths: Sequence[int], *, train: bool, dtype) -> jax.Array:
+  """The convolutional stages (3x3 conv without bias, batch norm, ReLU, 2x2 max-pool), to be
+  called inside a compact module: (N, H, W, C) -> (N, H / 2^s, W / 2^s, widths[-1])."""
+  for width in widths:
+    x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=dtype, kernel_init=CONV_INIT)(x)
+    x = nn.relu(normalize.batch_norm(train, dtype)()(x))
+    x = max_pool_2x2(x)
+  return x
+
+
 class SmallCNN(Classifier):
   """Stages of 3x3 conv, batch norm, ReLU and 2x2 max-pool, then a one-hidden-layer head.
 
@@ -50,12 +60,7 @@ class SmallCNN(Classifier):
   @nn.compact
   def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
     """The network on normalised inputs, e.g. (N, 32, 32, 3) or (N, 28, 28, 1)."""
-    for features in self.widths:
-      x = nn.Conv(features, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                  kernel_init=CONV_INIT)(x)
-      x = nn.relu(normalize.batch_norm(train, self.dtype)()(x))
-      x = max_pool_2x2(x)
-    x = x.reshape(x.shape[0], -1)
+    x = features(x, self.widths, train=train, dtype=self.dtype).reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=DENSE_INIT)(x))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE_INIT)(x)
     return logits

@@ -65,6 +65,10 @@ def test_other_encoders_heads_and_the_baseline_count_as_written():
     c_in = c
   assert tiny == {"q": vgg16 + 8 * h * 20 + 20,
                   "c": (20 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 200 + 200)}
+  small = _params(models.create(f"er_cifar10_small(width={h})", num_classes=10,
+                                **RAW), (1, 32, 32, 3))
+  convs = sum(9 * a * b + 2 * b for a, b in ((3, h), (h, 2 * h), (2 * h, 4 * h)))
+  assert small["q"] == convs + 16 * 4 * h * 16 + 16  # 4 x 4 maps after three pools
   vgg = _params(models.create("vgg19_bn", num_classes=10), (1, 32, 32, 3))
   assert sum(vgg.values()) == _vgg19_convs(64, batch_norm=True) + 512 * 10 + 10 == 20_040_522
 

@@ -288,9 +288,9 @@ def test_normalization_constants():
 
 
 def test_registry_names_and_classes():
-  assert models.names() == ("densenet121", "er_cifar10", "er_mnist", "er_stl10", "er_tiny_imagenet",
-                            "lenet", "resnet18", "ride_mnist_cnn", "small_cnn", "vgg19_bn",
-                            "wrn-28-10", "wrn-34-10")
+  assert models.names() == ("densenet121", "er_cifar10", "er_cifar10_small", "er_mnist",
+                            "er_stl10", "er_tiny_imagenet", "lenet", "resnet18", "ride_mnist_cnn",
+                            "small_cnn", "vgg19_bn", "wrn-28-10", "wrn-34-10")
   wrn = models.create("wrn-28-10", num_classes=100, mean=np.full(3, 0.5), std=[0.25] * 3,
                       dtype=jnp.bfloat16)
   assert isinstance(wrn, WideResNet) and isinstance(wrn, nn.Module)
