@@ -418,7 +418,7 @@ def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
     sweep.append((e, r.accuracy))
     sweep_rows.append(r)
   checks += sanity.eps_sweep(sweep, m, unbounded=0.5 * largest) + \
-      sanity.attack_order(results, defense.randomized) + \
+      sanity.attack_order(results, defense.randomized) + sanity.loss_order(results) + \
       sanity.steps_monotone(results)
   agreement = gradient_agreement(restored, images[:m], labels[:m], jax.random.fold_in(root, 3),
                                  defense=defense)

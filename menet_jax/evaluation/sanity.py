@@ -106,6 +106,29 @@ def attack_order(results: Sequence, randomized: bool) -> list[Check]:
   return checks
 
 
+def loss_order(results: Sequence) -> list[Check]:
+  """Cross-entropy no more robust than a margin loss: among rows that run the same optimiser
+  with the same access and steps, cross-entropy's accuracy must not be above that of a
+  margin-type loss (CW margin, DLR). Above it, cross-entropy's gradient is vanishing
+  (a saturated softmax), the gradient masking that Carlini and Wagner's and Croce and Hein's
+  losses were made for."""
+  checks = []
+
+  def group(r):
+    t = suite.threat(r.attack)
+    return t.access, t.method, r.steps
+
+  for key, rows in itertools.groupby(sorted(results, key=lambda r: str(group(r))), key=group):
+    rows = list(rows)
+    ce = [r for r in rows if suite.threat(r.attack).loss == "cross_entropy"]
+    margins = [r for r in rows if suite.threat(r.attack).loss not in ("cross_entropy", "none",
+                                                                      "decision")]
+    for c, m in itertools.product(ce, margins):
+      checks.append(not_above(f"{c.label} <= {m.label} (cross-entropy not masked)", c.label,
+                              c.accuracy, m.label, m.accuracy, c.images))
+  return checks
+
+
 def gradients(stats: dict[str, float]) -> list[Check]:
   """Gradients through the defense are finite and not identically zero for any image."""
   return [Check("gradients finite", stats["finite"] == 1.0,

@@ -37,6 +37,13 @@ def test_sanity_checks_flag_what_they_should():
   # Different optimisers or losses are not ordered against each other.
   assert sanity.attack_order([_row("apgd_dlr(steps=7)", 0.9), _row("pgd(steps=7)", 0.1)],
                              randomized=True) == []
+  # Cross-entropy above a margin loss (same optimiser, access and steps) is flagged; the
+  # other way round is not.
+  rows = [_row("pgd(steps=7)", 0.5), _row("cw20(steps=7)", 0.2), _row("apgd_ce(steps=7)", 0.2),
+          _row("apgd_dlr(steps=7)", 0.4), _row("pgd(steps=20)", 0.5)]
+  assert sorted((c.name, c.passed) for c in sanity.loss_order(rows)) == [
+      ("apgd_ce-7 <= apgd_dlr-7 (cross-entropy not masked)", True),
+      ("pgd-7 <= cw20-7 (cross-entropy not masked)", False)]
   # Within noise is not a failure: 2 standard errors of the difference on n images.
   assert sanity.not_above("x", "a", 0.52, "b", 0.50, n).passed
   assert not sanity.not_above("x", "a", 0.60, "b", 0.50, n).passed
