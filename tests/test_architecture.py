@@ -7,7 +7,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "menet_jax"
 # Top to bottom; a package may import itself and those listed before it.
-LAYERS = ["utils", "data", "reconstruct", "defenses", "models", "attacks", "training", "evaluation"]
+LAYERS = ["utils", "data", "reconstruct", "defenses", "models", "attacks", "training", "evaluation",
+          "analysis"]
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,12 +1,14 @@
 """Runs a short training in its own process (device count and jax.distributed are per process).
 
     python -m tests.train_worker OUT_NPZ WORKDIR [--mode=adv --dataset=cifar10 --model=small_cnn
-        --images=64 --mask_num=2] [--coordinator=host:port --process=i --processes=n]
+        --images=64 --mask_num=2 --objective=... --optimizer=sgd]
+        [--coordinator=host:port --process=i --processes=n]
 
 Trains for one epoch on the first `images` test images of `dataset` (batch 16,
 ME-Net with USVT, p 0.4 -> 0.6, `mask_num` masks; adv mode: PGD-2 through BPDA,
-fresh masks per step) and saves this process's copy of the final parameters and
-BatchNorm statistics.
+fresh masks per step; or `objective`, e.g. the ER-Classifier's, with the identity
+defense) and saves this process's copy of the final parameters and BatchNorm
+statistics.
 """
 
 import argparse
@@ -33,6 +35,8 @@ def main(argv):
   parser.add_argument("--model", default="small_cnn")
   parser.add_argument("--images", type=int, default=64)
   parser.add_argument("--mask_num", type=int, default=2)
+  parser.add_argument("--objective")
+  parser.add_argument("--optimizer", default="sgd")
   args = parser.parse_args(argv)
   if args.coordinator:
     parallel.initialize(args.coordinator, args.processes, args.process)
@@ -42,7 +46,8 @@ def main(argv):
       train_split=f"test[:{args.images}]", test_split=f"test[{args.images}:{args.images + 16}]",
       model=args.model, me_method="usvt", startp=0.4, endp=0.6,
       mask_num=args.mask_num, epochs=1, batch_size=16, eval_batch_size=8, lr=0.05, adv_steps=2,
-      progress=False, log_every=2)
+      progress=False, log_every=2, optimizer=args.optimizer,
+      **({"objective": args.objective, "defense": "identity"} if args.objective else {}))
   config.validate()
   if jax.process_index() == 0:
     run_dir.prepare(config)
@@ -52,7 +57,8 @@ def main(argv):
   state, result = loop.train_and_evaluate(config, args.workdir)
   flat = {"/".join(map(str, path)): leaf for path, leaf in
           jax.tree_util.tree_leaves_with_path(parallel.to_host(
-              {"params": state.params, "batch_stats": state.batch_stats}))}
+              {"params": state.params, "batch_stats": state.batch_stats,
+               "critic": getattr(state, "critic", {})}))}
   np.savez(args.out, step=result["step"], accuracy=result["test_accuracy"], **flat)
 
 

@@ -125,6 +125,20 @@ def test_adversarial_training_step_agrees_across_device_counts(tmp_path):
   assert _max_difference(tmp_path / "1.npz", tmp_path / "4.npz") < ROUNDING
 
 
+@pytest.mark.skipif(not MNIST_TEST.is_file(), reason="needs ../shared/data MNIST")
+def test_er_classifier_step_agrees_across_device_counts(tmp_path):
+  # One ER- iteration (CE step, critic step with clipping, regulariser step; SGD, whose update
+  # is linear in the gradient, unlike Adam's first step, which is about lr sign(g) and turns a
+  # rounding-sized gradient into an lr-sized update) from the same initial state: the batch-norm
+  # statistics, the critic's means and the code metrics are cross-image sums over devices.
+  _one_and_four_devices(
+      lambda n: _worker_args(tmp_path / f"{n}.npz", tmp_path / f"run{n}", "--dataset=mnist",
+                             "--model=er_mnist(width=8)", "--objective=er", "--images=16"),
+      "ER-Classifier step")
+  assert int(np.load(tmp_path / "1.npz")["step"]) == 1
+  assert _max_difference(tmp_path / "1.npz", tmp_path / "4.npz") < ROUNDING
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
