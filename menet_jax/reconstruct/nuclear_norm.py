@@ -59,17 +59,33 @@ def nuclear_norm(x: jax.Array, mask: jax.Array, *, mu: float = 1.0, max_iters: i
 def _nuclear_norm(x, mask, *, mu, max_iters, tol):
   batch, shape = x.shape[:-2], x.shape[-2:]
   x = x.reshape((-1,) + shape)
-  observed = mask.astype(bool).reshape(x.shape)
+  threshold = jnp.full(x.shape[:1], mu / 2, x.dtype)
+  estimate = accelerated_svt(x, mask.astype(bool).reshape(x.shape), threshold,
+                             max_iters=max_iters, tol=tol)
+  return estimate.reshape(batch + shape)
 
+
+def accelerated_svt(x: jax.Array, observed: jax.Array, threshold: jax.Array, *, max_iters: int,
+                    tol: float) -> jax.Array:
+  """min_X  threshold ||X||_* + 0.5 ||observed * (X - x)||_F^2  for each matrix, by the
+  accelerated proximal gradient iteration of `nuclear_norm` (step 1, restarts, per-matrix
+  stops), traceable.
+
+  Args:
+    x: (B, m, n); observed: (B, m, n) bool; threshold: (B,) > 0, one weight per matrix.
+    max_iters, tol: as `nuclear_norm`'s.
+
+  Returns:
+    (B, m, n) the minimisers.
+  """
   def init(inputs):
-    x, observed = inputs
+    x, observed, _ = inputs
     x0 = jnp.where(observed, x, 0)
     return x0, x0, jnp.ones(x.shape[:1], x.dtype)
 
   def step(inputs, state):
-    x, observed = inputs
+    x, observed, threshold = inputs
     xk, y, t = state
-    threshold = jnp.full(x.shape[:1], mu / 2, x.dtype)
     (x_new,) = spectral.filter_matrices(jnp.where(observed, x, y), [spectral.soft_threshold], threshold)
     delta = x_new - xk
     t = jnp.where(jnp.sum((y - x_new) * delta, axis=(-2, -1)) > 0, 1, t)  # restart
@@ -78,5 +94,5 @@ def _nuclear_norm(x, mask, *, mu, max_iters, tol):
     converged = jnp.sum(delta * delta, axis=(-2, -1)) <= tol**2 * jnp.sum(xk * xk, axis=(-2, -1))
     return (x_new, y_new, t_new), converged
 
-  estimate, _, _ = iterate.solve(init, step, (x, observed), max_iters=max_iters)
-  return estimate.reshape(batch + shape)
+  estimate, _, _ = iterate.solve(init, step, (x, observed, threshold), max_iters=max_iters)
+  return estimate

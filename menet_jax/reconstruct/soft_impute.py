@@ -1,9 +1,13 @@
 """Soft-Impute (Mazumder, Hastie & Tibshirani, 2010) with the stopping rule ME-Net relied on.
 
-The ME-Net release calls fancyimpute's `SoftImpute` with its defaults; this is
-that algorithm, batched: a zero-filled start, shrinkage = sigma_max / 50,
-up to 100 iterations, and a per-matrix stop once the missing entries change by
-less than `tol` relative to their previous values.
+The ME-Net release calls fancyimpute's `SoftImpute` with its defaults; solver
+"fixed_point" is that algorithm, batched: a zero-filled start, shrinkage =
+sigma_max / 50, up to 100 iterations, and a per-matrix stop once the missing
+entries change by less than `tol` relative to their previous values. Its fixed
+point minimises 0.5 ||P(Z - x)||_F^2 + shrinkage ||Z||_*, the nuclear-norm problem
+with mu = 2 shrinkage; solver "accelerated" minimises that objective with
+`nuclear_norm`'s accelerated proximal gradient iteration (per-matrix shrinkage),
+which gets closer to the minimiser in fewer iterations (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,16 +20,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from menet_jax.reconstruct import iterate, spectral
+from menet_jax.reconstruct.nuclear_norm import accelerated_svt
 from menet_jax.utils import validation
 
 # fancyimpute compares against float32 epsilon whatever the dtype.
 _F32_EPS = float(np.finfo(np.float32).eps)
 
 
+SOLVERS = ("fixed_point", "accelerated")
+
+
 def check_params(shape: tuple[int, ...], *, shrinkage: float | None, max_iters: int,
-                 tol: float) -> None:
+                 tol: float, solver: str = "fixed_point") -> None:
   """Raises ValueError for parameters `soft_impute` cannot use."""
   del shape
+  validation.choice("solver", solver, SOLVERS)
   if shrinkage is not None:
     validation.number_in("shrinkage", shrinkage, 0.0, math.inf, lo_open=True)
   validation.integer_in("max_iters", max_iters, 1)
@@ -33,10 +42,11 @@ def check_params(shape: tuple[int, ...], *, shrinkage: float | None, max_iters: 
 
 
 def soft_impute(x: jax.Array, mask: jax.Array, *, shrinkage: float | None = None,
-                max_iters: int = 100, tol: float = 1e-3) -> jax.Array:
+                max_iters: int = 100, tol: float = 1e-3, solver: str = "fixed_point"
+                ) -> jax.Array:
   """Fills the missing entries of x by iterated singular value soft-thresholding.
 
-  Starting from Z_0 = mask * x, each iteration computes
+  solver "fixed_point": starting from Z_0 = mask * x, each iteration computes
 
       R_k = U max(Sigma - shrinkage, 0) V^T   where Z_k = U Sigma V^T,
       Z_{k+1} = mask * x + (1 - mask) * R_k,
@@ -47,24 +57,30 @@ def soft_impute(x: jax.Array, mask: jax.Array, *, shrinkage: float | None = None
   returned unchanged. The fixed point minimises
   0.5 ||mask * (Z - x)||_F^2 + shrinkage ||Z||_*.
 
+  solver "accelerated": the minimiser R of that objective by
+  `accelerated_svt` of reconstruct.nuclear_norm (stop: ||R_k+1 - R_k||_F <= tol ||R_k||_F), returned
+  as fixed_point's is: mask * x + (1 - mask) * R.
+
   Args:
     x: (..., m, n) float32/float64.
     mask: (..., m, n) bool or 0/1, True where x is observed.
     shrinkage: the soft threshold; default: sigma_max(mask * x) / 50 per matrix.
     max_iters: static iteration cap, >= 1.
-    tol: relative change on the missing entries below which a matrix stops, >= 0.
+    tol: relative change (on the missing entries, or of the iterate) below which a matrix
+      stops, >= 0.
+    solver: "fixed_point" (fancyimpute's iterates) or "accelerated".
 
   Returns:
     (..., m, n): x on observed entries, the estimate on missing ones.
   """
   validation.matrices_and_mask(x, mask)
-  check_params(x.shape, shrinkage=shrinkage, max_iters=max_iters, tol=tol)
+  check_params(x.shape, shrinkage=shrinkage, max_iters=max_iters, tol=tol, solver=solver)
   return _soft_impute(x, mask, shrinkage=None if shrinkage is None else float(shrinkage),
-                      max_iters=int(max_iters), tol=float(tol))
+                      max_iters=int(max_iters), tol=float(tol), solver=solver)
 
 
-@functools.partial(jax.jit, static_argnames=("shrinkage", "max_iters", "tol"))
-def _soft_impute(x, mask, *, shrinkage, max_iters, tol):
+@functools.partial(jax.jit, static_argnames=("shrinkage", "max_iters", "tol", "solver"))
+def _soft_impute(x, mask, *, shrinkage, max_iters, tol, solver):
   batch, shape = x.shape[:-2], x.shape[-2:]
   x = x.reshape((-1,) + shape)
   observed = mask.astype(bool).reshape(x.shape)
@@ -72,6 +88,9 @@ def _soft_impute(x, mask, *, shrinkage, max_iters, tol):
     tau = spectral.largest_singular_value(jnp.where(observed, x, 0)) / 50
   else:
     tau = jnp.full(x.shape[:1], shrinkage, x.dtype)
+  if solver == "accelerated":
+    estimate = accelerated_svt(x, observed, tau, max_iters=max_iters, tol=tol)
+    return jnp.where(observed, x, estimate).reshape(batch + shape)
 
   def init(inputs):
     x, observed, _ = inputs
