@@ -38,6 +38,7 @@ from menet_jax.training import config as config_lib
 from menet_jax.training import run_dir
 from menet_jax.training.checkpoint import CheckpointMismatch
 from menet_jax.utils import parallel, validation
+from menet_jax.utils.registry import split_list
 
 FLAGS = flags.FLAGS
 # The dataset this entry point runs (experiments/<dataset>.py sets it).
@@ -208,7 +209,7 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
   steps = [validation.integer_in("attack_steps", s, 1)
            for s in _numbers("attack_steps", FLAGS.attack_steps, int)]
   norm = FLAGS.norm
-  rows = suite.parse_attacks(suite.split_list(FLAGS.attacks), steps, norm)
+  rows = suite.parse_attacks(split_list(FLAGS.attacks), steps, norm)
   if norm == "l2" and FLAGS.eps is None:
     raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
   # Under l-inf every radius is known before the data; under l2 the bound (sqrt(pixels)) is

@@ -114,20 +114,6 @@ def names() -> tuple[str, ...]:
   return ATTACKS.names()
 
 
-def split_list(text: str) -> list[str]:
-  """Splits a comma-separated list of components at the commas outside parentheses."""
-  parts, depth, current = [], 0, []
-  for ch in text:
-    depth += {"(": 1, ")": -1}.get(ch, 0)
-    if ch == "," and depth == 0:
-      parts.append("".join(current).strip())
-      current = []
-    else:
-      current.append(ch)
-  parts.append("".join(current).strip())
-  return [p for p in parts if p]
-
-
 def parse_attacks(entries: list[str], default_steps: list[int], norm: str = "linf"
                   ) -> list[str]:
   """Attack entries -> the canonical component string of every row, validated before any work.

@@ -253,3 +253,17 @@ def _strip_optional(hint: Any) -> Any:
   if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
     return args[0]
   return hint
+
+
+def split_list(text: str) -> list[str]:
+  """Splits a comma-separated list of components at the commas outside parentheses."""
+  parts, depth, current = [], 0, []
+  for ch in text:
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if ch == "," and depth == 0:
+      parts.append("".join(current).strip())
+      current = []
+    else:
+      current.append(ch)
+  parts.append("".join(current).strip())
+  return [p for p in parts if p]

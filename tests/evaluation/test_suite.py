@@ -3,11 +3,12 @@
 import pytest
 
 from menet_jax.evaluation import suite
+from menet_jax.utils.registry import split_list
 
 
 def test_parse_attacks_expands_steps_and_writes_every_parameter():
   rows = suite.parse_attacks(
-      suite.split_list("clean,pgd,bpda_eot@200,bpda_eot(steps=20, samples=10),spsa(samples=64)"),
+      split_list("clean,pgd,bpda_eot@200,bpda_eot(steps=20, samples=10),spsa(samples=64)"),
       [7, 20])
   assert rows == ["clean", "pgd(step_size=None,steps=7)", "pgd(step_size=None,steps=20)",
                   "bpda_eot(chunk=8,samples=40,step_size=None,steps=200,view=bpda)",
@@ -16,7 +17,7 @@ def test_parse_attacks_expands_steps_and_writes_every_parameter():
 
 
 def test_split_list_keeps_commas_inside_parentheses():
-  assert suite.split_list("a, b(x=1, y=(2, 3)),c") == ["a", "b(x=1, y=(2, 3))", "c"]
+  assert split_list("a, b(x=1, y=(2, 3)),c") == ["a", "b(x=1, y=(2, 3))", "c"]
 
 
 @pytest.mark.parametrize("entry, match", [
