@@ -27,7 +27,8 @@ them, as PGD does.
 "ecla" is the same encoder, head and optimizers trained by steps 0 and 2 only (the
 paper's E-CLA; with eps > 0 the architecture-matched adversarial-training control).
 "vaecla" trains a variational encoder (mean and log-variance) on
-CE(C(mean + exp(logvar / 2) e), y) + beta KL(N(mean, var) || N(0, I)), e ~ N(0, I),
+CE(C(mean + exp(logvar / 2) e), y) + beta KL(N(mean, var) || N(0, I)), e ~ N(0, I)
+(beta < 1, see VAECLA),
 in one step of the encoder and head; the classifier uses the mean.
 
 The critic game is `critic`: "clip" (the paper's, above), "wgan_gp" (not in the
@@ -378,8 +379,15 @@ def _hold_schedule(new: Any, old: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class VAECLA(_EmbeddingObjective):
   """VAE-CLA: a variational encoder (model with variational=True) on CE + beta KL, z sampled
-  in training, the mean at test."""
-  beta: float = 1.0
+  in training, the mean at test.
+
+  beta must stay below 1 for the code to carry the label: the expected KL bounds the mutual
+  information I(X; Z) >= I(Y; Z), which bounds what the code can save of the cross-entropy, so
+  at beta >= 1 the code that matches the prior (KL 0, chance accuracy) is optimal. Measured at
+  beta 1 on MNIST (er_mnist(width=32)): KL 0.01 nats, 10-17 % held-out accuracy after 6 epochs.
+  The default 0.1 is not the paper's (it gives none).
+  """
+  beta: float = 0.1
 
   def __post_init__(self):
     super().__post_init__()
