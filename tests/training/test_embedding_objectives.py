@@ -268,6 +268,16 @@ def test_gradient_penalty_is_per_code_and_wgan_gp_takes_five_critic_steps():
   assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(new.critic)) > 0.01
 
 
+@pytest.mark.parametrize("game, estimate", [("wgan_gp", "w1_estimate"), ("js", "js_estimate")])
+def test_every_critic_game_trains_the_whole_model(game, estimate):
+  obj, _, state, batch = _setup(f"er(critic={game})")
+  new, metrics = _step(obj, state, batch)
+  assert np.isfinite(float(metrics[estimate])) and np.isfinite(float(metrics["regulariser"]))
+  moved = lambda a, b: any(not np.array_equal(np.asarray(u), np.asarray(v))  # noqa: E731
+                           for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert moved(new.params["q"], state.params["q"]) and moved(new.critic, state.critic)
+
+
 def test_release_bn_stats_updates_the_encoder_statistics_four_times():
   # With SGD and lambda_1 = 0 step 3 does not move the encoder, so the release's four updates
   # r <- 0.9 r + 0.1 b are two with step 2's batch statistics b1 (parameters before the step)
