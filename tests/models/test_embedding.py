@@ -100,7 +100,7 @@ def test_log_sigmoid_critic_is_non_positive_and_codes_have_the_right_shapes():
 
 
 @pytest.mark.parametrize("name,shape", [("er_mnist(width=8)", (6, 28, 28, 1)),
-                                        ("er_cifar10(width=4)", (6, 32, 32, 3))])
+                                        ("er_cifar10_small(width=4)", (6, 32, 32, 3))])
 def test_eval_output_of_an_image_does_not_depend_on_its_batch(name, shape):
   model = models.create(name, num_classes=10, **RAW)
   x = jax.random.uniform(jax.random.key(1), shape)

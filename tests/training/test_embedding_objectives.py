@@ -79,7 +79,7 @@ def test_without_critic_and_regulariser_er_is_ecla():
   # Step 2 of ER sees the state E-CLA sees (step 1 changes only the critic), with the same
   # keys: the head and batch statistics it leaves are E-CLA's bit for bit, and so are the
   # metrics; only the encoder moves on (step 3).
-  for spec, model, dataset in (("", "er_cifar10(width=4)", "cifar10"),  # dropout in the head
+  for spec, model, dataset in (("", "er_cifar10_small(width=4)", "cifar10"),  # dropout in the head
                                ("eps=0.1, steps=2, step_size=0.05", "er_mnist(width=8)", "mnist")):
     er, _, s0, batch = _setup(f"er({spec})", model=model, dataset=dataset)
     ecla, _, e0, _ = _setup(f"ecla({spec})", model=model, dataset=dataset)
@@ -268,9 +268,10 @@ def test_gradient_penalty_is_per_code_and_wgan_gp_takes_five_critic_steps():
   assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(new.critic)) > 0.01
 
 
-@pytest.mark.parametrize("game, estimate", [("wgan_gp", "w1_estimate"), ("js", "js_estimate")])
-def test_every_critic_game_trains_the_whole_model(game, estimate):
-  obj, _, state, batch = _setup(f"er(critic={game})")
+def test_the_js_game_trains_the_whole_model():
+  # (wgan_gp's critic step, its own optimizer and its five steps: the penalty test above.)
+  obj, _, state, batch = _setup("er(critic=js)")
+  estimate = "js_estimate"
   new, metrics = _step(obj, state, batch)
   assert np.isfinite(float(metrics[estimate])) and np.isfinite(float(metrics["regulariser"]))
   moved = lambda a, b: any(not np.array_equal(np.asarray(u), np.asarray(v))  # noqa: E731
