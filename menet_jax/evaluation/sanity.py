@@ -118,7 +118,7 @@ def loss_order(results: Sequence) -> list[Check]:
     t = suite.threat(r.attack)
     return t.access, t.method, r.steps
 
-  for key, rows in itertools.groupby(sorted(results, key=lambda r: str(group(r))), key=group):
+  for _, rows in itertools.groupby(sorted(results, key=lambda r: str(group(r))), key=group):
     rows = list(rows)
     ce = [r for r in rows if suite.threat(r.attack).loss == "cross_entropy"]
     margins = [r for r in rows if suite.threat(r.attack).loss not in ("cross_entropy", "none",
