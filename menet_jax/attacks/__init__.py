@@ -1,11 +1,11 @@
 """Adversarial attacks, pure and batched over images (pixel space, [0, 1], l-inf or l2)."""
 
 from menet_jax.attacks.apgd import apgd
-from menet_jax.attacks.boundary import boundary, project_linf
+from menet_jax.attacks.boundary import boundary
 from menet_jax.attacks.cw import cw_l2
 from menet_jax.attacks.eot import eot, fresh_draws
 from menet_jax.attacks.losses import cross_entropy, cw_margin, dlr, margin
-from menet_jax.attacks.pgd import NORMS, fgsm, max_radius, pgd, project_l2
+from menet_jax.attacks.pgd import NORMS, fgsm, max_radius, pgd, project_l2, project_linf
 from menet_jax.attacks.projected import projected_pgd, subspace_projector
 from menet_jax.attacks.spsa import spsa
 

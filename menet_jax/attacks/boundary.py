@@ -134,9 +134,3 @@ def boundary(is_adversarial: Decision, key: jax.Array, x: jax.Array, *, steps: i
   out = jax.lax.fori_loop(0, steps, step, (start, full(spherical_step), full(source_step),
                                            zeros, zeros))
   return out[0], found
-
-
-def project_linf(x_adv: jax.Array, x: jax.Array, eps: float) -> jax.Array:
-  """x_adv clipped into the l-inf eps-ball around x (and [0, 1])."""
-  eps = validation.number_in("eps", eps, 0.0, 1.0)
-  return jnp.clip(x_adv, jnp.clip(x - eps, 0, 1), jnp.clip(x + eps, 0, 1))

@@ -67,6 +67,11 @@ def ball(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
   return jnp.clip(x - eps, 0.0, 1.0), jnp.clip(x + eps, 0.0, 1.0)
 
 
+def project_linf(x_adv: jax.Array, x: jax.Array, eps: float) -> jax.Array:
+  """x_adv clipped into the l-inf eps-ball around x (and [0, 1])."""
+  return jnp.clip(x_adv, *ball(x, validation.number_in("eps", eps, 0.0, 1.0)))
+
+
 def loss_and_grad(loss_fn: LossFn, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-example loss (B,) and its gradient with respect to x (B, ...)."""
   loss, vjp = jax.vjp(lambda xa: loss_fn(xa, t), x)
@@ -116,8 +121,7 @@ def pgd(loss_fn: LossFn, key: jax.Array, x: jax.Array, *, eps: float, step_size:
   validation.number_in("step_size", step_size, 0.0, max_radius(norm, x.shape[1:]), lo_open=True)
   validation.integer_in("steps", steps, 1)
   if norm == "linf":
-    lo, hi = ball(x, eps)
-    project = lambda xa: jnp.clip(xa, lo, hi)
+    project = lambda xa: project_linf(xa, x, eps)
     direction = jnp.sign
   else:
     project = lambda xa: project_l2(xa, x, eps)

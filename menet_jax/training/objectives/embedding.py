@@ -80,20 +80,29 @@ class _Game:
 
   critic_loss(d_prior, d_codes) is what the critic minimises, encoder_loss(d_codes)
   what step 3 minimises before lambda_1; estimate(critic loss) is the distance the
-  critic estimates (W1 or JS), logged as `estimate_name`.
+  critic estimates (W1 or JS), logged as `estimate_name`. How the critic is kept in
+  check: `clipped` (weights clipped to [-c, c] after each step) or `penalised` (the
+  gradient penalty); `optimizer` replaces the loop's (scaled by critic_lr) when set;
+  `n_critic` is the default number of critic steps per iteration.
   """
   output: str
   critic_loss: Callable[[jax.Array, jax.Array], jax.Array]
   encoder_loss: Callable[[jax.Array], jax.Array]
   estimate: Callable[[jax.Array], jax.Array]
   estimate_name: str
+  clipped: bool = False
+  penalised: bool = False
+  optimizer: optax.GradientTransformation | None = None
+  n_critic: int = 1
 
 
 _WGAN = dict(critic_loss=lambda d_prior, d_codes: d_prior.mean() - d_codes.mean(),
              encoder_loss=jnp.mean, estimate=jnp.negative, estimate_name="w1_estimate")
 GAMES: dict[str, _Game] = {
-    "clip": _Game(output="log_sigmoid", **_WGAN),
-    "wgan_gp": _Game(output="logit", **_WGAN),
+    "clip": _Game(output="log_sigmoid", clipped=True, **_WGAN),
+    # igul222's critic: its own Adam, independent of the loop's optimizer, 5 steps.
+    "wgan_gp": _Game(output="logit", penalised=True, optimizer=optax.adam(1e-4, b1=0.5, b2=0.9),
+                     n_critic=5, **_WGAN),
     # With the best critic, its loss is log 4 - 2 JS(P_Z, Q_Z).
     "js": _Game(output="logit",
                 critic_loss=lambda f_prior, f_codes: -(jax.nn.log_sigmoid(f_prior).mean()
@@ -253,7 +262,8 @@ class ER(ECLA):
     clip: c, the "clip" critic's weights and biases are clipped to [-c, c] after its step.
     critic_lr: the "clip" and "js" critics' learning rate as a fraction of lr.
     gp_weight: the "wgan_gp" penalty's weight.
-    n_critic: critic steps per iteration, fresh prior draws each; None: 5 for "wgan_gp", else 1.
+    n_critic: critic steps per iteration, fresh prior draws each; None: the game's (5 for
+      "wgan_gp", else 1).
     prior: "gaussian" N(0, I), "uniform" U(-3, 3)^k or "cauchy" Cauchy(0, 1)^k.
     accumulate_grad: step 3 also applies step 2's encoder gradient (the release).
     release_bn_stats: the encoder's batch-norm statistics updated four times per batch (the
@@ -290,8 +300,8 @@ class ER(ECLA):
     return Critic(output=self._game.output)
 
   def _critic_tx(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    if self.critic == "wgan_gp":  # igul222's critic optimizer, independent of the loop's
-      return optax.adam(1e-4, b1=0.5, b2=0.9)
+    if self._game.optimizer is not None:
+      return self._game.optimizer
     return optax.chain(tx, optax.scale(self.critic_lr))
 
   def critic_step(self, state: EmbeddingState, codes: jax.Array, key: jax.Array
@@ -303,7 +313,7 @@ class ER(ECLA):
     def loss_fn(gamma, prior, alpha):
       loss = game.critic_loss(state.critic_fn(gamma, prior), state.critic_fn(gamma, codes))
       out = self.lambda_critic * loss
-      if self.critic == "wgan_gp":
+      if game.penalised:
         mixed = prior + alpha[:, None] * (codes - prior)
         # D acts on each code alone, so the gradient of the sum is each code's own gradient.
         slopes = jax.grad(lambda z: state.critic_fn(gamma, z).sum())(mixed)
@@ -318,11 +328,11 @@ class ER(ECLA):
       (_, estimate), grads = jax.value_and_grad(loss_fn, has_aux=True)(gamma, prior, alpha)
       updates, opt = state.txs["critic"].update(grads, opt, gamma)
       gamma = optax.apply_updates(gamma, updates)
-      if self.critic == "clip":
+      if game.clipped:
         gamma = jax.tree.map(lambda p: jnp.clip(p, -self.clip, self.clip), gamma)
       return gamma, opt, estimate
 
-    n = self.n_critic or (5 if self.critic == "wgan_gp" else 1)
+    n = self.n_critic or game.n_critic
     gamma, opt, estimate = jax.lax.fori_loop(
         0, n, one_step, (state.critic, state.opt_state["critic"], jnp.zeros((), jnp.float32)))
     return state.replace(critic=gamma, opt_state=dict(state.opt_state, critic=opt)), estimate
