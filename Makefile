@@ -31,8 +31,11 @@ demo: $(VENV)/.installed
 figures: $(VENV)/.installed
 	$(BIN)/python -m experiments.reconstruct_demo --data_dir=$(DATA_DIR) --out_dir=$(OUT_DIR)
 
+# Two workers (pytest-xdist), one test file each at a time: module fixtures are built once.
+# The suite is mostly single-threaded XLA compilation, so two cores run it in about half the time.
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.reconstruct --data_dir=$(DATA_DIR)

@@ -21,10 +21,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def xla_flags(devices: int = 1) -> str:
+  """This process's XLA_FLAGS (the suite's, conftest.py) with `devices` CPU devices."""
+  return " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                f"--xla_force_host_platform_device_count={devices}"]))
+
+
 def env(devices: int = 1) -> dict[str, str]:
   """The environment of a child with `devices` CPU devices that imports this checkout."""
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices),
               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 

@@ -16,6 +16,7 @@ import pytest
 from menet_jax import masks, reconstruct
 from menet_jax.data import cache
 from references import matrices as references
+from tests import watchdog
 from tests.conftest import CIFAR_TEST, DATA_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def key_ij(i, index):
 
 def run_with_devices(devices, script, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             XLA_FLAGS=watchdog.xla_flags(devices),
              PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)

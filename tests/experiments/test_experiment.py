@@ -13,6 +13,7 @@ from experiments import main as experiment
 from menet_jax import defenses
 from menet_jax.training import config as config_lib
 from menet_jax.training import objectives, run_dir
+from tests import watchdog
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGFILES = sorted((REPO / "experiments" / "flags").glob("*.flags")) + [REPO / "menet.flags"]
@@ -107,7 +108,7 @@ def test_bad_values_are_refused(argv, match):
 
 def _run(args, tmp_path, devices=1, entry="cifar10"):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=watchdog.xla_flags(devices))
   return subprocess.run([sys.executable, "-m", f"experiments.{entry}", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
