@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 from menet_jax.models.resnet import DENSE_INIT
 
 # He initialisation, fan-in mode, as torchvision's DenseNet (nn.init.kaiming_normal_).
@@ -26,9 +27,9 @@ class DenseLayer(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(N, H, W, C) -> (N, H, W, C + growth_rate): the input with the new features appended."""
     norm = normalize.batch_norm(train, self.dtype)
-    y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype,
+    y = Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype,
                 kernel_init=_CONV_INIT)(nn.relu(norm()(x)))
-    y = nn.Conv(self.growth_rate, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
+    y = Conv(self.growth_rate, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
                 kernel_init=_CONV_INIT)(nn.relu(norm()(y)))
     return jnp.concatenate([x, y], axis=-1)
 
@@ -42,7 +43,7 @@ class Transition(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(N, H, W, C) -> (N, H // 2, W // 2, features)."""
     x = nn.relu(normalize.batch_norm(train, self.dtype)()(x))
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)(x)
+    x = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -82,7 +83,7 @@ class DenseNet(Classifier):
   def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
     """The network on normalised inputs, e.g. (N, 64, 64, 3); H and W at least 32."""
     norm = normalize.batch_norm(train, self.dtype)
-    x = nn.Conv(2 * self.growth_rate, (7, 7), strides=2, padding=3, use_bias=False,
+    x = Conv(2 * self.growth_rate, (7, 7), strides=2, padding=3, use_bias=False,
                 dtype=self.dtype, kernel_init=_CONV_INIT)(x)
     x = nn.max_pool(nn.relu(norm()(x)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, layers in enumerate(self.block_sizes):

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from menet_jax.models import normalize, small_cnn, vgg
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 from menet_jax.models.resnet import DENSE_INIT
 
 # Each encoder's paper setting: (width, code dimension k).
@@ -70,11 +71,11 @@ class Encoder(nn.Module):
     if self.kind in ("wae", "wae_stl10"):
       stages = 4 if self.kind == "wae" else 5
       for i in range(stages):
-        x = nn.Conv(self.width * 2 ** i, (4, 4), strides=2, padding=1, use_bias=False,
+        x = Conv(self.width * 2 ** i, (4, 4), strides=2, padding=1, use_bias=False,
                     dtype=self.dtype, kernel_init=DENSE_INIT)(x)
         x = nn.relu(bn()(x) if i else x)
       if self.kind == "wae_stl10":
-        x = nn.Conv(x.shape[-1], (3, 3), strides=2, padding="VALID", use_bias=False,
+        x = Conv(x.shape[-1], (3, 3), strides=2, padding="VALID", use_bias=False,
                     dtype=self.dtype, kernel_init=DENSE_INIT)(x)
         x = nn.relu(bn()(x))
     elif self.kind == "vgg19":

@@ -7,6 +7,7 @@ import jax
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 
 # mnist_challenge draws every weight from a normal truncated at 2 std (std 0.1 before truncation,
 # as tf.truncated_normal) and sets every bias to 0.1, so that the ReLUs start active.
@@ -37,7 +38,7 @@ class LeNet(Classifier):
     dense = lambda features: nn.Dense(features, dtype=self.dtype, kernel_init=_WEIGHT_INIT,
                                       bias_init=_BIAS_INIT)
     for features in (32, 64):
-      x = nn.Conv(features, (5, 5), padding="SAME", dtype=self.dtype, kernel_init=_WEIGHT_INIT,
+      x = Conv(features, (5, 5), padding="SAME", dtype=self.dtype, kernel_init=_WEIGHT_INIT,
                   bias_init=_BIAS_INIT)(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
     x = nn.relu(dense(1024)(x.reshape(x.shape[0], -1)))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 
 # He initialisation, fan-out mode, as torchvision's ResNet.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -32,7 +33,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(N, H, W, C_in) -> (N, H / strides, W / strides, features)."""
-    conv = lambda features, kernel, strides, padding: nn.Conv(
+    conv = lambda features, kernel, strides, padding: Conv(
         features, (kernel, kernel), strides=strides, padding=padding, use_bias=False,
         dtype=self.dtype, kernel_init=CONV_INIT)
     norm = normalize.batch_norm(train, self.dtype)
@@ -63,7 +64,7 @@ class ResNet(Classifier):
   @nn.compact
   def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
     """The network on normalised inputs, e.g. (N, 32, 32, 3)."""
-    x = nn.Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)(x)
+    x = Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)(x)
     x = nn.relu(normalize.batch_norm(train, self.dtype)()(x))
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):

@@ -13,6 +13,7 @@ import jax
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 
 
 class RIDEMnistCNN(Classifier):
@@ -25,7 +26,7 @@ class RIDEMnistCNN(Classifier):
     """The network on normalised inputs, e.g. (N, 28, 28, 1)."""
     del train
     for features in (20, 50):
-      x = nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x)
+      x = Conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = nn.relu(nn.Dense(500, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -9,6 +9,7 @@ import jax
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 from menet_jax.models.resnet import CONV_INIT, DENSE_INIT
 
 
@@ -30,7 +31,7 @@ def features(x: jax.Array, widths: Sequence[int], *, train: bool, dtype) -> jax.
   """The convolutional stages (3x3 conv without bias, batch norm, ReLU, 2x2 max-pool), to be
   called inside a compact module: (N, H, W, C) -> (N, H / 2^s, W / 2^s, widths[-1])."""
   for width in widths:
-    x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=dtype, kernel_init=CONV_INIT)(x)
+    x = Conv(width, (3, 3), padding=1, use_bias=False, dtype=dtype, kernel_init=CONV_INIT)(x)
     x = nn.relu(normalize.batch_norm(train, dtype)()(x))
     x = max_pool_2x2(x)
   return x

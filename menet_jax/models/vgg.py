@@ -16,6 +16,7 @@ import jax
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 from menet_jax.models.resnet import DENSE_INIT
 from menet_jax.models.small_cnn import max_pool_2x2
 
@@ -42,7 +43,7 @@ def features(x: jax.Array, layout: Sequence[int | str], *, width: int, batch_nor
     if entry == "M":
       x = max_pool_2x2(x)
       continue
-    x = nn.Conv(entry * width, (3, 3), padding=1, dtype=dtype, kernel_init=DENSE_INIT)(x)
+    x = Conv(entry * width, (3, 3), padding=1, dtype=dtype, kernel_init=DENSE_INIT)(x)
     if batch_norm:
       x = normalize.batch_norm(train, dtype)()(x)
     x = nn.relu(x)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
+from menet_jax.models.conv import Conv
 from menet_jax.models.resnet import DENSE_INIT
 
 # N(0, 2 / (k * k * out_channels)) as the reference code, i.e. He initialisation in fan-out mode.
@@ -30,7 +31,7 @@ class WideBasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(N, H, W, C_in) -> (N, H / strides, W / strides, features)."""
-    conv = lambda features, kernel, strides, padding: nn.Conv(
+    conv = lambda features, kernel, strides, padding: Conv(
         features, (kernel, kernel), strides=strides, padding=padding, use_bias=False,
         dtype=self.dtype, kernel_init=_CONV_INIT)
     norm = normalize.batch_norm(train, self.dtype)
@@ -67,7 +68,7 @@ class WideResNet(Classifier):
       raise ValueError(
           f"depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {self.depth}")
     blocks = (self.depth - 4) // 6
-    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)(x)
+    x = Conv(16, (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)(x)
     for stage in range(3):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
