@@ -42,6 +42,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.eigh_route --data_dir=$(DATA_DIR)
 	$(BIN)/python -m benchmarks.train --data_dir=$(DATA_DIR)
 	$(BIN)/python -m benchmarks.attack --data_dir=$(DATA_DIR)
+	$(BIN)/python -m benchmarks.conv_loop
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache
