@@ -20,6 +20,10 @@ $(VENV)/.dev-installed: requirements-dev.txt requirements-tfds.txt $(VENV)/.inst
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.dev-installed
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	touch $@
+
 # The quick CIFAR-10 run: build the ME training set, train the small CNN, report clean
 # accuracy through the defense, then attack it (gray-box PGD, BPDA-PGD, BPDA+EOT) with the
 # sanity checks. A second `make demo` resumes or reuses that run.
@@ -37,12 +41,18 @@ TEST_WORKERS ?= 2
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
-bench: $(VENV)/.dev-installed
-	$(BIN)/python -m benchmarks.reconstruct --data_dir=$(DATA_DIR)
-	$(BIN)/python -m benchmarks.eigh_route --data_dir=$(DATA_DIR)
+# Every benchmark, then one table of all their ratios (benchmarks/summary.py).
+BENCH_OUT ?= out/bench
+BENCH_SUMMARY = --summary_file=$(BENCH_OUT)/summary.jsonl
+bench: $(VENV)/.bench-installed
+	rm -f $(BENCH_OUT)/summary.jsonl
+	$(BIN)/python -m benchmarks.reconstruct --data_dir=$(DATA_DIR) $(BENCH_SUMMARY)
+	$(BIN)/python -m benchmarks.eigh_route --data_dir=$(DATA_DIR) $(BENCH_SUMMARY)
 	$(BIN)/python -m benchmarks.train --data_dir=$(DATA_DIR)
-	$(BIN)/python -m benchmarks.attack --data_dir=$(DATA_DIR)
-	$(BIN)/python -m benchmarks.conv_loop
+	$(BIN)/python -m benchmarks.attack --data_dir=$(DATA_DIR) $(BENCH_SUMMARY)
+	$(BIN)/python -m benchmarks.ride --data_dir=$(DATA_DIR) $(BENCH_SUMMARY)
+	$(BIN)/python -m benchmarks.conv_loop $(BENCH_SUMMARY)
+	$(BIN)/python -m benchmarks.summary $(BENCH_OUT)/summary.jsonl
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import summary
 from menet_jax import data, defenses, evaluation
 from menet_jax.attacks import cross_entropy
 from menet_jax.evaluation import suite
@@ -113,6 +114,8 @@ def main(argv):
         ref_steps.append(time.perf_counter() - t)
     ours = n * _STEPS.value / float(np.median(passes))
     theirs = len(xr) / float(np.median(ref_steps))
+    summary.record("attack (BPDA-PGD)", name, ours, f"{ref_name} per image", theirs,
+                   "img x steps/s")
     rows.append(f"| {name} | {ours:.0f} | {compile_s:.1f} | {ref_name} per image | "
                 f"{theirs:.3g} ({len(ref_steps)}) | {ours / theirs:.2g}x |")
     print(rows[-1], flush=True)

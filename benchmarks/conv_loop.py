@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
+from benchmarks import summary
 from menet_jax.models import conv
 from menet_jax.utils import machine
 
@@ -78,6 +79,9 @@ def main(argv):
     step = lambda a, loss=loss: jnp.clip(a + 0.01 * jnp.sign(jax.grad(loss)(a)), 0, 1)
     rows.append((f"grad {name}", *_per_image_step_us(step, images)))
 
+  loops = {name: loop for name, _, loop in rows}
+  summary.record("conv_loop", "input-gradient step in fori_loop", 1e6 / loops["grad models.conv"],
+                 "lax's rule", 1e6 / loops["grad lax"], "img x steps/s")
   print(f"# {b} images, {_STEPS.value} steps per call, median of {_REPEATS.value} calls")
   print("| row | from Python us/img/step | inside fori_loop us/img/step | loop / Python |")
   print("|---|---|---|---|")

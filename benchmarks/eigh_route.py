@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import summary
 from menet_jax import data, reconstruct
 from menet_jax.reconstruct import masks, spectral
 from menet_jax.utils import machine
@@ -69,6 +70,8 @@ def main(argv):
         seconds[r].append(time.perf_counter() - start)
     rate = {r: len(x) / float(np.median(s)) for r, s in seconds.items()}
     diff = float(np.abs(outs[names[0]] - outs[names[1]]).max())
+    summary.record("eigh_route", name, rate[names[0]], names[1], rate[names[1]], "img/s",
+                   f"max abs diff {diff:.1e}")
     rows.append(f"| {name} | {rate[names[0]]:.1f} | {rate[names[1]]:.1f} | "
                 f"{rate[names[0]] / rate[names[1]]:.2f} | {diff:.1e} |")
     print(rows[-1], flush=True)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import summary
 from menet_jax import data, reconstruct
 from menet_jax.utils import machine
 from menet_jax.utils.registry import parse, split_list
@@ -119,6 +120,8 @@ def main(argv):
       gaps = [_soft_impute_objective(a, m, o) / _soft_impute_objective(a, m, r) - 1
               for a, m, o, r in zip(x64, mask, ours_n, ref)]
       gap = f"median {np.median(gaps):.1e}, max {np.max(gaps):.1e}"
+    summary.record("reconstruct", spec, ours_ips, ref_name, ref_ips, "img/s",
+                   f"rel. diff {rel:.1e}" + (f"; objective gap {gap}" if gap else ""))
     rows.append(f"| {spec} | {ours_ips:.1f} | {compile_s:.1f} | {ref_name} | {ref_ips:.2f} ({n}) "
                 f"| {ours_ips / ref_ips:.1f}x | {rel:.1e} | {gap} |")
     print(rows[-1], flush=True)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import summary
 from menet_jax import data, defenses
 from menet_jax.defenses import ride
 from menet_jax.utils import machine
@@ -72,6 +73,8 @@ def _ride_row(name: str, network: str, images: np.ndarray, k: int, t: int, batch
     ref_times.append(time.perf_counter() - start)
   theirs = 1 / statistics.median(ref_times)
   steps = k * t
+  summary.record("ride", f"{name} K {k} x T {t}", ours * steps, "PyTorch per image",
+                 theirs * steps, "img x steps/s")
   return (f"| {name} | {k} x {t} | {ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
           f"{theirs:.3g} ({theirs * steps:.0f}) | {ours / theirs:.2f}x |")
 
@@ -119,6 +122,8 @@ def _filter_rows(images: np.ndarray) -> list[str]:
       for c in range(image.shape[-1]):
         ref(image[..., c].astype(np.float64))
     ref_rate = 50 / (time.perf_counter() - start)
+    summary.record("ride (filters)", spec, len(images) / seconds, "scipy / scikit-image",
+                   ref_rate, "img/s")
     rows.append(f"| {spec} | {len(images) / seconds:.0f} | {ref_rate:.0f} | "
                 f"{len(images) / seconds / ref_rate:.2g}x |")
   return rows
