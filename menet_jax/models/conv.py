@@ -10,8 +10,8 @@ outside a loop runs at the fast rate, because XLA then folds the layout change i
 the constant or the kernel). The small CNN's input gradient inside a 10-step PGD loop
 took 2.4-3x as long as the same steps launched one by one from Python.
 
-`conv_general_dilated` here computes the same convolution, and the same input
-gradient as one in the forward form:
+`conv_general_dilated` here computes the same convolution, and on CPU the same input
+gradient as one in the forward form (other platforms keep JAX's rule):
 
     dL/dx = conv(dL/dy dilated by the strides, flip_HW(K) with I and O swapped)
             (stride 1, padding from the forward padding, as JAX's transpose rule)
@@ -94,19 +94,24 @@ def _conv_fwd(lhs, rhs, strides, padding, rhs_dilation, precision, preferred):
 def _conv_bwd(strides, padding, rhs_dilation, precision, preferred, residuals, g):
   lhs, rhs = residuals
   nd = lhs.ndim - 2
-  _, rhs_vjp = jax.vjp(
-      lambda k: _forward(lhs, k, strides, padding, rhs_dilation, precision, preferred), rhs)
-  (d_rhs,) = rhs_vjp(g)
-  window = _dilate(rhs.shape[:nd], rhs_dilation)
-  before = window - np.array([lo for lo, _ in padding]) - 1
-  after = (_dilate(lhs.shape[1:-1], (1,) * nd) + window - 1
-           - _dilate(g.shape[1:-1], strides) - before)
-  flipped = lax.optimization_barrier(jnp.swapaxes(jnp.flip(rhs, tuple(range(nd))), -1, -2))
-  d_lhs = lax.conv_general_dilated(
-      g, flipped, (1,) * nd, tuple(zip(before.tolist(), after.tolist())), lhs_dilation=strides,
-      rhs_dilation=rhs_dilation, dimension_numbers=_channels_last(lhs.ndim), precision=precision,
-      preferred_element_type=preferred)
-  return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
+  conv = lambda a, k: _forward(a, k, strides, padding, rhs_dilation, precision, preferred)
+  _, vjp = jax.vjp(conv, lhs, rhs)
+
+  def forward_form(g, rhs):  # the input gradient as a forward-form convolution (CPU)
+    window = _dilate(rhs.shape[:nd], rhs_dilation)
+    before = window - np.array([lo for lo, _ in padding]) - 1
+    after = (_dilate(lhs.shape[1:-1], (1,) * nd) + window - 1
+             - _dilate(g.shape[1:-1], strides) - before)
+    flipped = lax.optimization_barrier(jnp.swapaxes(jnp.flip(rhs, tuple(range(nd))), -1, -2))
+    return lax.conv_general_dilated(
+        g, flipped, (1,) * nd, tuple(zip(before.tolist(), after.tolist())), lhs_dilation=strides,
+        rhs_dilation=rhs_dilation, dimension_numbers=_channels_last(lhs.ndim),
+        precision=precision, preferred_element_type=preferred).astype(lhs.dtype)
+
+  # GPUs and TPUs keep JAX's own rule: their compilers map it to their backward-data kernels,
+  # which a forward convolution of a dilated input behind a barrier would not match.
+  d_lhs = lax.platform_dependent(g, rhs, cpu=forward_form, default=lambda g, rhs: vjp(g)[0])
+  return d_lhs.astype(lhs.dtype), vjp(g)[1].astype(rhs.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
