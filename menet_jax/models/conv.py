@@ -95,7 +95,8 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, preferred, residuals, g
   lhs, rhs = residuals
   nd = lhs.ndim - 2
   conv = lambda a, k: _forward(a, k, strides, padding, rhs_dilation, precision, preferred)
-  _, vjp = jax.vjp(conv, lhs, rhs)
+  # JAX's own cotangents; on CPU the input one is unused and compiled away.
+  d_lhs_jax, d_rhs = jax.vjp(conv, lhs, rhs)[1](g)
 
   def forward_form(g, rhs):  # the input gradient as a forward-form convolution (CPU)
     window = _dilate(rhs.shape[:nd], rhs_dilation)
@@ -110,8 +111,8 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, preferred, residuals, g
 
   # GPUs and TPUs keep JAX's own rule: their compilers map it to their backward-data kernels,
   # which a forward convolution of a dilated input behind a barrier would not match.
-  d_lhs = lax.platform_dependent(g, rhs, cpu=forward_form, default=lambda g, rhs: vjp(g)[0])
-  return d_lhs.astype(lhs.dtype), vjp(g)[1].astype(rhs.dtype)
+  d_lhs = lax.platform_dependent(g, rhs, cpu=forward_form, default=lambda g, rhs: d_lhs_jax)
+  return d_lhs, d_rhs.astype(rhs.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
