@@ -47,7 +47,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternations of a batched pass and 
 _P = flags.DEFINE_float("p", 0.5, "Observation probability.")
 _METHODS = flags.DEFINE_string(
     "methods", "usvt,soft_impute,soft_impute(solver=accelerated),nuclear_norm,splic,"
-    "splic_alternating", "Methods to measure, comma-separated component strings.")
+    "splic(solver=subspace),splic_alternating,splic_alternating(solver=subspace)",
+    "Methods to measure, comma-separated component strings.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks.")
 
 def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds):

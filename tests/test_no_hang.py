@@ -136,6 +136,13 @@ def _programs():
     yield name, fn, (x, mask)
     # A caller's vmap (EOT and SPSA vmap their chunks) must not batch the decomposition.
     yield f"vmap({name})", jax.vmap(fn), (x[None].repeat(2, 0), mask[None].repeat(2, 0))
+  # SPLIC's tracked subspace (QR and a small eigh per step) needs rank + 8 < min(m, n).
+  tall = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (3, 16, 20)), jnp.float32)
+  tall_mask = masks.bernoulli(jax.random.key(1), tall.shape, 0.5)
+  subspace = lambda x, m: reconstruct.splic(x, m, rank=2, solver="subspace")
+  yield "splic(solver=subspace)", subspace, (tall, tall_mask)
+  yield "vmap(splic(solver=subspace))", jax.vmap(subspace), (tall[None].repeat(2, 0),
+                                                             tall_mask[None].repeat(2, 0))
   images = jnp.asarray(np.random.default_rng(1).random((4, 8, 8, 3)), jnp.float32)
   defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
   keys = jax.random.split(jax.random.key(0), 4)

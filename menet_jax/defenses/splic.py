@@ -15,10 +15,14 @@ from menet_jax.defenses.menet import MENet
 
 
 def splic(*, rank: int = 8, lam: float = 0.02, p: float = 0.5, draws: int = 1,
-          layout: str = "concat", inference: str = "mean", votes: int = 10) -> MENet:
-  """The SPLIC defense: `draws` reconstructions per training image, anchors drawn with p."""
-  return MENet.create(method="splic_alternating", rank=rank, lam=lam, startp=p, endp=p,
-                      mask_num=draws, layout=layout, inference=inference, votes=votes)
+          layout: str = "concat", inference: str = "mean", votes: int = 10,
+          solver: str = "eigh") -> MENet:
+  """The SPLIC defense: `draws` reconstructions per training image, anchors drawn with p.
+
+  solver: reconstruct.splic's ("subspace" is faster at the same accuracy, docs/benchmarks.md).
+  """
+  return MENet.create(method="splic_alternating", rank=rank, lam=lam, solver=solver, startp=p,
+                      endp=p, mask_num=draws, layout=layout, inference=inference, votes=votes)
 
 
 DEFENSES.register("splic", splic)

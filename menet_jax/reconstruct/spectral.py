@@ -70,7 +70,7 @@ def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """
   k = g.shape[-1]
   flat = g.reshape(-1, k, k)
-  lam, q = jax.lax.platform_dependent(flat, cpu=_eigh_one_at_a_time, default=jnp.linalg.eigh)
+  lam, q = jax.lax.platform_dependent(flat, cpu=_EIGH_ONE_AT_A_TIME, default=jnp.linalg.eigh)
   return lam.reshape(*g.shape[:-1]), q.reshape(g.shape)
 
 
@@ -88,15 +88,32 @@ def _eigh_jvp(primals, tangents):
   return (lam, q), (jnp.diagonal(dg_q, axis1=-2, axis2=-1), matmul(q, f * dg_q))
 
 
-# Batched by vmap (including a caller's vmap around this module's functions), it
-# becomes a loop over single matrices (lax.map), so LAPACK never sees a batch.
-@jax.custom_batching.sequential_vmap
-def _eigh_single(g: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return jnp.linalg.eigh(g)
+def _one_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]:
+  """fn on a (B, ...) batch as a loop over single matrices (`eigh` says why, for CPU).
+
+  Batched by vmap (including a caller's vmap around this module's functions),
+  the sequential_vmap wrapper becomes a loop over single matrices (lax.map), so
+  LAPACK never sees a batch.
+  """
+  return jax.vmap(jax.custom_batching.sequential_vmap(fn))
 
 
-def _eigh_one_at_a_time(g: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return jax.vmap(_eigh_single)(g)
+_EIGH_ONE_AT_A_TIME = _one_at_a_time(lambda g: jnp.linalg.eigh(g))
+_QR_ONE_AT_A_TIME = _one_at_a_time(lambda y: jnp.linalg.qr(y)[0])
+
+
+def orthonormal_basis(y: jax.Array) -> jax.Array:
+  """Q of the reduced QR decomposition of y: (..., k, b) -> (..., k, b), b <= k.
+
+  Q's columns are orthonormal and span y's columns where y has full column rank.
+  On CPU one matrix at a time, as `eigh`. Not meant to be differentiated (the
+  derivative of QR is undefined where y is rank-deficient).
+  """
+  k, b = y.shape[-2:]
+  flat = y.reshape(-1, k, b)
+  q = jax.lax.platform_dependent(flat, cpu=_QR_ONE_AT_A_TIME,
+                                 default=lambda a: jnp.linalg.qr(a)[0])
+  return q.reshape(y.shape)
 
 
 def transpose(a: jax.Array) -> jax.Array:

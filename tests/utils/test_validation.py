@@ -57,6 +57,7 @@ def test_reconstructor_array_checks(name, x, mask, match):
     ("splic", dict(rank=2, inner=0), "inner must be an integer"),
     ("splic", dict(rank=2, lam=-0.1), "lam must be in"),
     ("splic", dict(rank=2, delta0=0.0), "delta0 must be in"),
+    ("splic", dict(rank=2, solver="lanczos"), "solver must be one of"),
 ])
 def test_reconstructor_parameter_checks(name, params, match):
   with pytest.raises(ValueError, match=match):
