@@ -35,7 +35,8 @@ def default_slots() -> int:
   return 128 if jax.default_backend() == "cpu" else 4096
 
 
-def solve(init: Init, step: Step, inputs: Any, *, max_iters: int, slots: int | None = None) -> Any:
+def solve(init: Init, step: Step, inputs: Any, *, max_iters: int, slots: int | None = None,
+          output: Callable[[Any], Any] | None = None) -> Any:
   """Iterates `step` on every matrix until it reports convergence or `max_iters` steps.
 
   Args:
@@ -45,19 +46,23 @@ def solve(init: Init, step: Step, inputs: Any, *, max_iters: int, slots: int | N
     inputs: pytree of arrays with leading dimension N, one entry per matrix.
     max_iters: static cap on the iterations of each matrix.
     slots: matrices iterated at once (static); default `default_slots()`.
+    output: the part of a (batched) state to return; default: all of it. Only that part
+      is written out as matrices finish, so solvers that carry more than their answer
+      (momentum, step counters) pass it.
 
   Returns:
-    The final state of every matrix, leading dimension N.
+    output(final state) of every matrix, leading dimension N.
   """
   slots = default_slots() if slots is None else slots
+  output = (lambda state: state) if output is None else output
 
   @jax.custom_jvp
   def run(inputs):
-    return _continuous(init, step, inputs, max_iters, slots)
+    return _continuous(init, step, inputs, max_iters, slots, output)
 
   @run.defjvp
   def _run_jvp(primals, tangents):
-    return jax.jvp(lambda i: _lockstep(init, step, i, max_iters), primals, tangents)
+    return jax.jvp(lambda i: output(_lockstep(init, step, i, max_iters)), primals, tangents)
 
   return run(inputs)
 
@@ -87,31 +92,48 @@ def _lockstep(init, step, inputs, max_iters):
   return state
 
 
-def _continuous(init, step, inputs, max_iters, slots):
+def _continuous(init, step, inputs, max_iters, slots, output):
   n = jax.tree_util.tree_leaves(inputs)[0].shape[0]
   s = min(slots, n)
   # slot -> matrix index; n marks an empty slot (and makes its writes drop).
   index = jnp.arange(s)
   slot_inputs = _take(inputs, index)
   state = init(slot_inputs)
-  results = _tree_map(lambda a: jnp.zeros((n,) + a.shape[1:], a.dtype), state)
+  results = _tree_map(lambda a: jnp.zeros((n,) + a.shape[1:], a.dtype), output(state))
   carry = (index, slot_inputs, state, jnp.zeros(s, jnp.int32), jnp.asarray(s), results)
 
   def pending(carry):
     return jnp.any(carry[0] < n)
 
+  # Matrices retire in groups of at most `group` slots: the gathers, scatters and `init`
+  # of a refill touch those rows only, not all s, since on CPU a full-width pass over the
+  # slots at every retirement cost about 7 % of Soft-Impute's time (docs/benchmarks.md).
+  group = max(1, s // 16)
+
+  def retire_group(carry):
+    finished, (index, slot_inputs, state, iters, next_index, results) = carry
+    (slot,) = jnp.nonzero(finished, size=group, fill_value=s)  # ascending; s: none
+    valid = slot < s
+    row = jnp.where(valid, slot, 0)
+    target = jnp.where(valid, index[row], n)
+    results = _tree_map(lambda r, v: r.at[target].set(v[row], mode="drop"), results,
+                        output(state))
+    # Retired slots take the next pending matrices, in slot order.
+    incoming = next_index + jnp.cumsum(valid) - 1
+    refill = valid & (incoming < n)
+    new_inputs = _take(inputs, jnp.where(refill, incoming, 0))
+    into = jnp.where(refill, slot, s)
+    put = lambda a, b: a.at[into].set(b, mode="drop")
+    slot_inputs = _tree_map(put, slot_inputs, new_inputs)
+    state = _tree_map(put, state, init(new_inputs))
+    iters = iters.at[into].set(0, mode="drop")
+    retired = jnp.where(valid, slot, s)
+    index = index.at[retired].set(jnp.where(refill, incoming, n), mode="drop")
+    finished = finished.at[retired].set(False, mode="drop")
+    return finished, (index, slot_inputs, state, iters, next_index + jnp.sum(valid), results)
+
   def retire_and_refill(finished, carry):
-    index, slot_inputs, state, iters, next_index, results = carry
-    target = jnp.where(finished, index, n)
-    results = _tree_map(lambda r, v: r.at[target].set(v, mode="drop"), results, state)
-    # Finished slots take the next pending matrices, in slot order.
-    incoming = next_index + jnp.cumsum(finished) - 1
-    refill = finished & (incoming < n)
-    slot_inputs = _where(refill, _take(inputs, jnp.where(refill, incoming, 0)), slot_inputs)
-    state = _where(refill, init(slot_inputs), state)
-    iters = jnp.where(refill, 0, iters)
-    index = jnp.where(finished, jnp.where(refill, incoming, n), index)
-    return index, slot_inputs, state, iters, next_index + jnp.sum(finished), results
+    return jax.lax.while_loop(lambda c: jnp.any(c[0]), retire_group, (finished, carry))[1]
 
   def body(carry):
     index, slot_inputs, state, iters, next_index, results = carry

@@ -65,34 +65,80 @@ def _nuclear_norm(x, mask, *, mu, max_iters, tol):
   return estimate.reshape(batch + shape)
 
 
+STOPS = ("step", "objective")
+
+
 def accelerated_svt(x: jax.Array, observed: jax.Array, threshold: jax.Array, *, max_iters: int,
-                    tol: float) -> jax.Array:
-  """min_X  threshold ||X||_* + 0.5 ||observed * (X - x)||_F^2  for each matrix, by the
+                    tol: float, stop: str = "step", start: jax.Array | None = None,
+                    factor: float = 0.7, first_step: jax.Array | None = None) -> jax.Array:
+  """min_X  F(X) = threshold ||X||_* + 0.5 ||observed * (X - x)||_F^2  for each matrix, by the
   accelerated proximal gradient iteration of `nuclear_norm` (step 1, restarts, per-matrix
   stops), traceable.
 
+  Continuation (when `start` is given): the k-th step thresholds at
+  max(threshold, start * factor^k) instead of at `threshold`, so the first steps solve
+  strongly regularised problems, whose minimisers have few singular values and are reached
+  quickly, and each warm-starts the next (Toh & Yun, 2010). Only steps at the final
+  threshold can stop a matrix. On CIFAR-10 at Soft-Impute's threshold sigma_max / 50,
+  start = sigma_max / 2 and factor 0.7 cut the iterations to a given objective by about
+  a third (docs/benchmarks.md).
+
+  Stopping rules, checked after each step at the final threshold:
+    "step":       ||X_k+1 - X_k||_F <= tol ||X_k||_F;
+    "objective":  F(X_k) - F(X_k+1) <= tol F(X_k+1), i.e. the objective has stopped
+                  falling (it needs two steps at the final threshold). F's nuclear norm
+                  comes from the step's decomposition: ||SVT_t(Z)||_* = sum (sigma_i - t)_+.
+
   Args:
     x: (B, m, n); observed: (B, m, n) bool; threshold: (B,) > 0, one weight per matrix.
-    max_iters, tol: as `nuclear_norm`'s.
+    max_iters, tol: as `nuclear_norm`'s; stop: one of STOPS.
+    start: (B,) thresholds to start the continuation from, or None for none.
+    factor: static, in (0, 1): the continuation's threshold ratio between steps.
+    first_step: (B, m, n) the first step's output, SVT at max(start, threshold) of
+      observed * x, when the caller has it from a decomposition of observed * x that it
+      needed anyway (Soft-Impute's sigma_max); it counts as one of the max_iters steps.
 
   Returns:
     (B, m, n) the minimisers.
   """
+  validation.choice("stop", stop, STOPS)
+  validation.number_in("factor", factor, 0.0, 1.0, lo_open=True, hi_open=True)
+  start = threshold if start is None else jnp.maximum(start, threshold)
+  if first_step is not None and max_iters == 1:
+    return first_step
+
   def init(inputs):
-    x, observed, _ = inputs
-    x0 = jnp.where(observed, x, 0)
-    return x0, x0, jnp.ones(x.shape[:1], x.dtype)
+    x, observed, _, start, first = inputs
+    ones = jnp.ones(x.shape[:1], x.dtype)
+    if first is None:
+      x0 = jnp.where(observed, x, 0)
+      return x0, x0, ones, start, jnp.full_like(ones, jnp.inf)
+    # The state after step 1 from X_0 = Y_0 = observed * x, t = 1: momentum 0.
+    return first, first, ones * (1 + 5**0.5) / 2, start * factor, jnp.full_like(ones, jnp.inf)
 
   def step(inputs, state):
-    x, observed, threshold = inputs
-    xk, y, t = state
-    (x_new,) = spectral.filter_matrices(jnp.where(observed, x, y), [spectral.soft_threshold], threshold)
+    x, observed, threshold, _, _ = inputs
+    xk, y, t, level, f_prev = state
+    final = level <= threshold
+    level = jnp.maximum(level, threshold)
+    z = jnp.where(observed, x, y)
+    lam, (x_new,) = spectral.filter_matrices_and_spectrum(z, [spectral.soft_threshold], level)
     delta = x_new - xk
     t = jnp.where(jnp.sum((y - x_new) * delta, axis=(-2, -1)) > 0, 1, t)  # restart
     t_new = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
     y_new = x_new + ((t - 1) / t_new)[..., None, None] * delta
-    converged = jnp.sum(delta * delta, axis=(-2, -1)) <= tol**2 * jnp.sum(xk * xk, axis=(-2, -1))
-    return (x_new, y_new, t_new), converged
+    if stop == "step":
+      f = f_prev
+      converged = jnp.sum(delta * delta, axis=(-2, -1)) <= tol**2 * jnp.sum(xk * xk, axis=(-2, -1))
+    else:
+      shrunk = jnp.maximum(spectral.safe_sqrt(lam) - level[..., None], 0)
+      f = (level * jnp.sum(shrunk, axis=-1)
+           + 0.5 * jnp.sum(jnp.where(observed, x_new - x, 0) ** 2, axis=(-2, -1)))
+      converged = f_prev - f <= tol * f
+      f = jnp.where(final, f, jnp.inf)
+    return (x_new, y_new, t_new, level * factor, f), final & converged
 
-  estimate, _, _ = iterate.solve(init, step, (x, observed, threshold), max_iters=max_iters)
-  return estimate
+  return iterate.solve(init, step, (x, observed, threshold, start, first_step),
+                       max_iters=max_iters - (first_step is not None),
+                       output=lambda state: state[0])
+

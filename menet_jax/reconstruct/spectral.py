@@ -146,12 +146,18 @@ def gram_functions(filters: Sequence[Filter], g: jax.Array, params: Any) -> tupl
   Returns:
     One (..., k, k) symmetric matrix per filter.
   """
+  return _spectrum_and_functions(tuple(filters), g, params)[1]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _spectrum_and_functions(filters, g, params):
+  """(lambda, gram_functions(filters, g, params)) from one decomposition."""
   lam, q = eigh(g)
-  return tuple(_assemble(q, f(lam, params)) for f in filters)
+  return lam, tuple(_assemble(q, f(lam, params)) for f in filters)
 
 
-@gram_functions.defjvp
-def _gram_functions_jvp(filters, primals, tangents):
+@_spectrum_and_functions.defjvp
+def _spectrum_and_functions_jvp(filters, primals, tangents):
   g, params = primals
   dg, dparams = tangents
   lam, q = eigh(g)
@@ -168,7 +174,8 @@ def _gram_functions_jvp(filters, primals, tangents):
     gamma = jnp.where(close, tangent_slope, divided)
     outs.append(_assemble(q, s))
     douts.append(matmul(q, matmul(gamma * dg_q + _diag(ds_params), transpose(q))))
-  return tuple(outs), tuple(douts)
+  dlam_diag = jnp.diagonal(dg_q, axis1=-2, axis2=-1)
+  return (lam, tuple(outs)), (dlam_diag, tuple(douts))
 
 
 @jax.custom_jvp
@@ -199,9 +206,23 @@ def filter_matrices(x: jax.Array, filters: Sequence[Filter], params: Any = ()) -
   Returns:
     One (..., m, n) array per filter: U diag(s_f(sigma^2) * sigma) V^T.
   """
+  return filter_matrices_and_spectrum(x, filters, params)[1]
+
+
+def filter_matrices_and_spectrum(x: jax.Array, filters: Sequence[Filter], params: Any = ()
+                                 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """`filter_matrices`, and the squared singular values its decomposition found.
+
+  For solvers that also need a function of the spectrum (a nuclear norm for a stopping
+  rule): it comes with the step's decomposition instead of a second one.
+
+  Returns:
+    lambda: (..., k) the ascending eigenvalues of `gram(x)`, k = min(m, n), i.e. sigma^2
+      up to absolute errors of about eps * sigma_max^2; and `filter_matrices`' outputs.
+  """
   m, n = x.shape[-2:]
-  hs = gram_functions(tuple(filters), gram(x), params)
-  return tuple(matmul(h, x) if m <= n else matmul(x, h) for h in hs)
+  lam, hs = _spectrum_and_functions(tuple(filters), gram(x), params)
+  return lam, tuple(matmul(h, x) if m <= n else matmul(x, h) for h in hs)
 
 
 def top_k(lam: jax.Array, k: int) -> jax.Array:

@@ -291,6 +291,5 @@ def _complete(x, anchors, sigma_max, carried, steps, params):
     converged = change_sq <= tol**2 * jnp.sum(x_prev**2, axis=(-2, -1))
     return (x_new, delta * rho, carried), converged
 
-  completed, _, _ = iterate.solve(init, round_, (x, anchors, delta, carried),
-                                  max_iters=params["max_outer"])
-  return completed
+  return iterate.solve(init, round_, (x, anchors, delta, carried),
+                       max_iters=params["max_outer"], output=lambda state: state[0])

@@ -56,6 +56,13 @@ def test_pytree_inputs_and_states():
   out = iterate.solve(init, step, (jnp.ones((4, 2, 2)), scale), max_iters=10, slots=2)
   np.testing.assert_array_equal(out["steps"], [1, 3, 2, 5])
   np.testing.assert_allclose(out["value"][:, 0, 0], scale / 2 ** scale)
+  # output= returns (and writes out) only part of the state, in values and derivatives.
+  steps = iterate.solve(init, step, (jnp.ones((4, 2, 2)), scale), max_iters=10, slots=2,
+                        output=lambda s: s["steps"])
+  np.testing.assert_array_equal(steps, [1, 3, 2, 5])
+  grad = jax.grad(lambda x: jnp.sum(iterate.solve(init, step, (x, scale), max_iters=10, slots=2,
+                                                  output=lambda s: s["value"])))(jnp.ones((4, 2, 2)))
+  np.testing.assert_allclose(grad[:, 0, 0], scale / 2 ** scale)
 
 
 def test_gradient_follows_the_iterations():

@@ -39,3 +39,19 @@ def test_derivatives_match_jnp_linalg_eigh(rng):
     loss = lambda m: jnp.sum(spectral.eigh(m)[0] * weights)
     ref = lambda m: jnp.sum(jnp.linalg.eigh(m)[0] * weights)
     np.testing.assert_allclose(jax.vmap(jax.grad(loss))(g), jax.vmap(jax.grad(ref))(g), atol=1e-10)
+
+
+def test_filter_matrices_and_spectrum_against_numpy_svd(rng):
+  # The spectrum that comes with a filter's output is sigma^2 of x, for wide and tall x, and
+  # its derivative is d(sigma_i^2) = 2 sigma_i u_i^T dx v_i (distinct singular values).
+  for shape in ((2, 4, 7), (2, 7, 4)):
+    x = rng.standard_normal(shape)
+    dx = rng.standard_normal(shape)
+    with jax.enable_x64(True):
+      fn = lambda a: spectral.filter_matrices_and_spectrum(a, [spectral.soft_threshold], 0.5)
+      (lam, (out,)), (dlam, _) = jax.jvp(fn, (jnp.asarray(x),), (jnp.asarray(dx),))
+    u, sigma, vt = np.linalg.svd(x, full_matrices=False)
+    np.testing.assert_allclose(lam, sigma[:, ::-1] ** 2, atol=1e-12)
+    np.testing.assert_allclose(out, (u * np.maximum(sigma - 0.5, 0)[:, None, :]) @ vt, atol=1e-12)
+    dsigma_sq = 2 * sigma * np.einsum("bak,bac,bck->bk", u, dx, np.swapaxes(vt, -1, -2))
+    np.testing.assert_allclose(dlam, dsigma_sq[:, ::-1], atol=1e-10)
