@@ -107,14 +107,13 @@ def _soft_impute(x, mask, *, shrinkage, max_iters, tol, solver):
     # sigma_max and the continuation's first step from one decomposition of x0.
     lam, (first,) = spectral.filter_matrices_and_spectrum(x0, [_first_step], given)
     sigma_max = spectral.safe_sqrt(lam[..., -1])
-  else:
-    sigma_max = spectral.largest_singular_value(x0)
-  tau = sigma_max / _DEFAULT_DIVISOR if given is None else given
-  if solver == "accelerated":
+    tau = sigma_max / _DEFAULT_DIVISOR if given is None else given
     estimate = accelerated_svt(x, observed, tau, max_iters=max_iters, tol=tol, stop="objective",
                                start=_CONTINUATION_START * sigma_max, factor=_CONTINUATION_FACTOR,
                                first_step=first)
     return jnp.where(observed, x, estimate).reshape(batch + shape)
+  # sigma_max only for the default shrinkage.
+  tau = spectral.largest_singular_value(x0) / _DEFAULT_DIVISOR if given is None else given
 
   def init(inputs):
     x, observed, _ = inputs
