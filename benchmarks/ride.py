@@ -6,8 +6,12 @@ RIDE: a full fit of every image (`--mnist_preset`, the release's MNIST budget K 
 default; CIFAR-10 at `--cifar_k` x 5), menet_jax batched over `--batch` images (one jitted
 call, compilation reported apart, median of `--rounds` calls), against the same algorithm in
 PyTorch one image at a time as the release runs it (references/ride_torch.py, CPU,
-`--torch_threads` threads), median seconds per image over `--ref_images` images. Rates are
-images/s and images x Adam steps / s; the ratio is of images/s at the same K and T.
+`--torch_threads` threads), median seconds per image over `--ref_images` images, in a process of
+its own after one untimed warm-up fit (the first fits in a process ran at half the later
+ones' rate, and the same loop in a process that had imported JAX and TensorFlow ran at
+0.5-0.9x). Rates are images/s and images x Adam steps / s; the ratio is of images/s at the
+same K and T. RIDE fits `chunk_size` images at a time (the defense's default unless `--chunk`
+is given). `--parts` picks the tables (fit, conv, filters).
 
 Convolution paths: the same fit at `--conv_k` x 5 steps with each of RIDE's convolution
 paths (im2col + einsum, vmapped grouped convolution) and as a per-image loop (lax.map).
@@ -18,7 +22,12 @@ median_filter and scikit-image's denoise_tv_* called per image and channel.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -30,18 +39,20 @@ from benchmarks import summary
 from menet_jax import data, defenses
 from menet_jax.defenses import ride
 from menet_jax.utils import machine
-from references import ride_torch
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Offline datasets.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per batched RIDE call.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed batched calls (median).")
-_REF_IMAGES = flags.DEFINE_integer("ref_images", 3, "Images of the per-image PyTorch loop.")
+_REF_IMAGES = flags.DEFINE_integer("ref_images", 4, "Images of the per-image PyTorch loop.")
 _MNIST_PRESET = flags.DEFINE_string("mnist_preset", "release_mnist", "RIDE preset on MNIST.")
 _CIFAR_K = flags.DEFINE_integer("cifar_k", 100, "Steps per stage on CIFAR-10 (the paper: 2000).")
-_CIFAR_BATCH = flags.DEFINE_integer("cifar_batch", 8, "Images per batched RIDE call, CIFAR-10.")
+_CIFAR_BATCH = flags.DEFINE_integer("cifar_batch", 16, "Images per batched RIDE call, CIFAR-10.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "PyTorch intra-op threads.")
 _FILTER_IMAGES = flags.DEFINE_integer("filter_images", 200, "Images for median / TV.")
 _CONV_K = flags.DEFINE_integer("conv_k", 20, "Steps per stage of the convolution-path rows.")
+_PARTS = flags.DEFINE_list("parts", ["fit", "conv", "filters"], "Tables to run.")
+_CHUNK = flags.DEFINE_integer("chunk", None, "RIDE's chunk (images per vmapped fit); default: "
+                              "the defense's own choice.")
 
 
 def _time_batched(defense, x: np.ndarray, rounds: int) -> tuple[float, float]:
@@ -60,23 +71,31 @@ def _time_batched(defense, x: np.ndarray, rounds: int) -> tuple[float, float]:
   return compile_s, statistics.median(times)
 
 
-def _ride_row(name: str, network: str, images: np.ndarray, k: int, t: int, batch: int) -> str:
-  import torch  # noqa: PLC0415 - benchmark-only dependency
-  torch.set_num_threads(_TORCH_THREADS.value)
-  defense = defenses.create(f"ride(k={k}, t={t}, network={network})")
+def _reference_rate(network: str, images: np.ndarray, k: int, t: int) -> tuple[float, list[float]]:
+  """(median images/s, every image's seconds) of the per-image PyTorch loop, run in a fresh
+  process (references/ride_torch.py's main)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "images.npy")
+    np.save(path, images[:_REF_IMAGES.value])
+    done = subprocess.run([sys.executable, "-m", "references.ride_torch", path, network, str(k),
+                           str(t), str(_TORCH_THREADS.value)], capture_output=True, text=True,
+                          check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  seconds = json.loads(done.stdout.strip().splitlines()[-1])
+  return 1 / statistics.median(seconds), seconds
+
+
+def _ride_row(name: str, network: str, images: np.ndarray, k: int, t: int, batch: int,
+              reference: float) -> str:
+  chunk = "" if _CHUNK.value is None else f", chunk={_CHUNK.value}"
+  defense = defenses.create(f"ride(k={k}, t={t}, network={network}{chunk})")
   compile_s, seconds = _time_batched(defense, images[:batch], _ROUNDS.value)
   ours = batch / seconds
-  ref_times = []
-  for i in range(_REF_IMAGES.value):
-    start = time.perf_counter()
-    ride_torch.ride(images[i], network=network, k=k, t=t, seed=i)
-    ref_times.append(time.perf_counter() - start)
-  theirs = 1 / statistics.median(ref_times)
   steps = k * t
   summary.record("ride", f"{name} K {k} x T {t}", ours * steps, "PyTorch per image",
-                 theirs * steps, "img x steps/s")
-  return (f"| {name} | {k} x {t} | {ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
-          f"{theirs:.3g} ({theirs * steps:.0f}) | {ours / theirs:.2f}x |")
+                 reference * steps, "img x steps/s")
+  return (f"| {name} | {k} x {t} | {batch} ({defense.chunk_size(images[:batch])}) | "
+          f"{ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
+          f"{reference:.3g} ({reference * steps:.0f}) | {ours / reference:.2f}x |")
 
 
 def _conv_rows(images: dict[str, np.ndarray], k: int) -> list[str]:
@@ -136,19 +155,27 @@ def main(argv):
   cifar, _ = data.load("cifar10", f"test[:{max(_FILTER_IMAGES.value, _CIFAR_BATCH.value)}]",
                        _DATA_DIR.value)
   mnist, cifar = mnist.astype(np.float32) / 255, cifar.astype(np.float32) / 255
-  preset = defenses.create(f"ride(preset={_MNIST_PRESET.value})")
-  rows = ["| data | K x T | menet_jax img/s (img x steps/s) | compile s | PyTorch per image img/s "
-          "(img x steps/s) | ratio |", "|---|---|---|---|---|---|",
-          _ride_row("MNIST", "mnist", mnist, preset.k, preset.t, _BATCH.value),
-          _ride_row("CIFAR-10", "cifar", cifar, _CIFAR_K.value, 5, _CIFAR_BATCH.value)]
-  print("\n".join(rows), flush=True)
-  print(f"\n| data | images | img x steps/s: {' | '.join(ride.CONVS)} | per-image loop |\n"
-        f"|---|---|{'---|' * (len(ride.CONVS) + 1)}")
-  print("\n".join(_conv_rows({"MNIST": mnist[:_BATCH.value], "CIFAR-10": cifar[:_CIFAR_BATCH.value]},
-                              _CONV_K.value)), flush=True)
-  print("\n| defense | menet_jax img/s | scipy / scikit-image img/s | ratio |\n|---|---|---|---|")
-  print("\n".join(_filter_rows(cifar[:_FILTER_IMAGES.value])))
-
+  if "fit" in _PARTS.value:
+    preset = defenses.create(f"ride(preset={_MNIST_PRESET.value})")
+    ref_mnist, ref_mnist_s = _reference_rate("mnist", mnist, preset.k, preset.t)
+    ref_cifar, ref_cifar_s = _reference_rate("cifar", cifar, _CIFAR_K.value, 5)
+    print(f"PyTorch seconds per image: MNIST {[round(a, 2) for a in ref_mnist_s]}, "
+          f"CIFAR-10 {[round(a, 2) for a in ref_cifar_s]}", flush=True)
+    rows = [("| data | K x T | images (chunk) | menet_jax img/s (img x steps/s) | compile s | "
+             "PyTorch per image img/s (img x steps/s) | ratio |"), "|---|---|---|---|---|---|---|",
+            _ride_row("MNIST", "mnist", mnist, preset.k, preset.t, _BATCH.value, ref_mnist),
+            _ride_row("CIFAR-10", "cifar", cifar, _CIFAR_K.value, 5, _CIFAR_BATCH.value,
+                      ref_cifar)]
+    print("\n".join(rows), flush=True)
+  if "conv" in _PARTS.value:
+    print(f"\n| data | images | img x steps/s: {' | '.join(ride.CONVS)} | per-image loop |\n"
+          f"|---|---|{'---|' * (len(ride.CONVS) + 1)}")
+    print("\n".join(_conv_rows({"MNIST": mnist[:_BATCH.value],
+                                "CIFAR-10": cifar[:_CIFAR_BATCH.value]}, _CONV_K.value)),
+          flush=True)
+  if "filters" in _PARTS.value:
+    print("\n| defense | menet_jax img/s | scipy / scikit-image img/s | ratio |\n|---|---|---|---|")
+    print("\n".join(_filter_rows(cifar[:_FILTER_IMAGES.value])))
 
 if __name__ == "__main__":
   app.run(main)

@@ -8,6 +8,10 @@ the median replacement. `torch` is a benchmark-only dependency.
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+
 import numpy as np
 
 NETWORKS = {"mnist": ((16, 16, 16), (1, 2)), "cifar": ((32, 32, 32, 32), (1, 2))}
@@ -52,3 +56,30 @@ def ride(x: np.ndarray, *, network: str, k: int, t: int, sigma: float = 0.1,
       tau = torch.sort(d.flatten()).values[(d.numel() - 1) // 2]
       u = torch.where(d < tau, estimate, alpha * u + (1 - alpha) * estimate)
   return estimate[0].numpy().transpose(1, 2, 0)
+
+
+def main(argv: list[str]) -> None:
+  """Times the fits of images saved with np.save, in a process of its own (no JAX or
+  TensorFlow loaded beside PyTorch):
+
+    python -m references.ride_torch IMAGES.npy NETWORK K T THREADS
+
+  one untimed warm-up fit (K 20, T 1; PyTorch's first fits in a process run slower), then one
+  fit per image; prints the seconds of each as a JSON list.
+  """
+  import torch  # noqa: PLC0415 - benchmark-only dependency
+
+  path, network, k, t, threads = argv
+  torch.set_num_threads(int(threads))
+  images = np.load(path)
+  ride(images[0], network=network, k=20, t=1, seed=0)
+  seconds = []
+  for i, image in enumerate(images):
+    start = time.perf_counter()
+    ride(image, network=network, k=int(k), t=int(t), seed=i)
+    seconds.append(time.perf_counter() - start)
+  print(json.dumps(seconds))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -25,11 +25,12 @@ release's ||h - target||_2 * mean(mask) (whose mask masks nothing).
 The networks (Table 3): 3 x 3 convolutions with bias and ReLU, a sigmoid output
 (images in [0, 1]); "mnist" 1-16-16-16-1 (4,945 parameters), "cifar"
 3-32-32-32-32-3 (29,507), "imagenet" 3-32 x 7-3 (57,251). A batch of images is
-fitted at once: every image has its own parameters and optimizer state (vmap),
-nothing reduces across images, and an image's result depends on its key and
-pixels only. Convolutions run as im2col + einsum ("im2col"; a batched matmul, the
-fast path on CPU) or as vmapped convolutions ("grouped"; one grouped convolution
-for the batch); the two are tested equal.
+fitted `chunk` images at once: every image has its own parameters and optimizer
+state (vmap), nothing reduces across images, and an image's result depends on its
+key and pixels only. Convolutions run as im2col + einsum ("im2col"; a batched
+matmul with hand-written derivatives, the fast path on CPU) or as vmapped
+convolutions ("grouped"; one grouped convolution for the batch); the two are
+tested equal, values and derivatives.
 
 Attacker's views (`view`): "bpda" (identity backward), "frozen" (the backward
 pass of the fitted network at its final weights, z -> mean h(z + eps; w*) at z =
@@ -62,6 +63,8 @@ VARIANTS = ("ride", "dae", "dip", "idip")
 LOSSES = ("masked_mse", "release")
 CONVS = ("im2col", "grouped")
 # The release's MNIST demo: 1001 iterations with updates at 200, 400, 600, 800.
+# The CPU working set of `RIDE.chunk_size`: 2^20 floats (4 MB) of the widest patch matrix.
+CPU_CHUNK_FLOATS = 2 ** 20
 PRESETS = {"paper": {"k": 2000, "t": 5}, "release_mnist": {"k": 200, "t": 5}}
 
 Params = list[tuple[jax.Array, jax.Array]]  # (kernel (3, 3, C_in, C_out), bias (C_out,)) per layer
@@ -91,13 +94,47 @@ def parameter_count(network: str, channels: int) -> int:
   return sum(w.size + b.size for w, b in init_params(jax.random.key(0), network, channels))
 
 
-def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-  """3 x 3 SAME convolution of x (N, H, W, C_in) as 9 shifted slices and one matmul."""
+def _patches(x: jax.Array) -> jax.Array:
+  """The 3 x 3 SAME neighbourhoods of x (N, H, W, C) as (N, H, W, 9 C), in (row, column, channel)
+  order: 9 shifted slices of the zero-padded x."""
   h, w = x.shape[1:3]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  patches = jnp.concatenate([padded[:, a:a + h, b:b + w] for a in range(3) for b in range(3)], -1)
+  return jnp.concatenate([padded[:, a:a + h, b:b + w] for a in range(3) for b in range(3)], -1)
+
+
+def _correlate(patches: jax.Array, kernel: jax.Array) -> jax.Array:
+  """patches (N, H, W, 9 C_in) times kernel (3, 3, C_in, C_out) -> (N, H, W, C_out)."""
   return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]),
-                    precision=jax.lax.Precision.HIGHEST) + bias
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_vjp
+def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """3 x 3 SAME convolution of x (N, H, W, C_in) as im2col and one matmul.
+
+  Its derivatives are written out because autodiff's input gradient (the output gradient
+  times the kernel's transpose, N H W x 9 C_in wide, then the adjoint of the 9 slices, a
+  scatter-add) and its transposed use of the patches cost more than the forward on XLA:CPU
+  (docs/benchmarks.md, RIDE): here the input gradient is a forward correlation again, of the
+  output gradient with the kernel flipped in space and C_in / C_out swapped, and the kernel
+  gradient reuses the forward's patches. Both are tested against lax's rules, to second order.
+  """
+  return _correlate(_patches(x), kernel) + bias
+
+
+def _conv_im2col_fwd(x, kernel, bias):
+  patches = _patches(x)
+  return _correlate(patches, kernel) + bias, (patches, kernel)
+
+
+def _conv_im2col_bwd(residuals, g):
+  patches, kernel = residuals
+  dx = _correlate(_patches(g), jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+  dkernel = jnp.einsum("nhwk,nhwo->ko", patches, g, precision=jax.lax.Precision.HIGHEST)
+  return dx, dkernel.reshape(kernel.shape), jnp.sum(g, axis=(0, 1, 2))
+
+
+_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def _conv_lax(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -109,6 +146,22 @@ def _conv_lax(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 CONV = {"im2col": _conv_im2col, "grouped": _conv_lax}
 
 
+def keep_mask(key: jax.Array, keep: float, shape: tuple[int, ...]) -> jax.Array:
+  """Bernoulli(keep) draws of `shape` (bool), for dropout.
+
+  At keep = 1/2, RIDE's rate, every draw is one bit of a threefry word, 32 draws per word:
+  the same distribution (each bit of the generator's output is a fair coin, independent of the
+  others) for a 32nd of the generator's work, which was about a tenth of a CIFAR-10 fit
+  (docs/benchmarks.md). Any other keep compares uniforms, as jax.random.bernoulli does.
+  """
+  if keep != 0.5:
+    return jax.random.bernoulli(key, keep, shape)
+  size = math.prod(shape)
+  words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
+  bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  return bits.reshape(-1)[:size].reshape(shape).astype(bool)
+
+
 def forward(params: Params, z: jax.Array, key: jax.Array, *, network: str, dropout: float,
             conv: str) -> jax.Array:
   """h(z; params) for one image's samples z (n, H, W, C): ReLU after every convolution but
@@ -118,7 +171,7 @@ def forward(params: Params, z: jax.Array, key: jax.Array, *, network: str, dropo
   for i, (kernel, bias) in enumerate(params[:-1]):
     z = jax.nn.relu(CONV[conv](z, kernel, bias))
     if i in dropped and dropout > 0:
-      keep = jax.random.bernoulli(keys[i], 1 - dropout, z.shape)
+      keep = keep_mask(keys[i], 1 - dropout, z.shape)
       z = jnp.where(keep, z / (1 - dropout), 0)
   kernel, bias = params[-1]
   return jax.nn.sigmoid(CONV[conv](z, kernel, bias))
@@ -168,6 +221,11 @@ class RIDE(Defense):
     alpha, nms: the stage update's convex weight and the median replacement.
     samples: n, noisy samples per step and per estimate.
     conv: "im2col" or "grouped".
+    chunk: images fitted at once (vmapped); the batch goes through in chunks of this size
+      (lax.map). None picks it: on CPU the images whose widest patch matrix (H W x 9 C) fills
+      about 4 MB, the working set that ran fastest on a 2-core EPYC (docs/benchmarks.md: 8 or
+      16 MNIST images and 4 CIFAR-10 images beat all 32 or 16 by 1.3x), and on accelerators
+      the whole batch. The result does not depend on it (every image has its own key).
   """
   variant: str = "ride"
   preset: str = "paper"
@@ -186,6 +244,7 @@ class RIDE(Defense):
   nms: bool = True
   samples: int = 1
   conv: str = "im2col"
+  chunk: int | None = None
 
   randomized = True
 
@@ -207,6 +266,8 @@ class RIDE(Defense):
     validation.number_in("alpha", self.alpha, 0.0, 1.0)
     validation.integer_in("samples", self.samples, 1)
     validation.choice("conv", self.conv, CONVS)
+    if self.chunk is not None:
+      validation.integer_in("chunk", self.chunk, 1)
     if self.variant in ("dip", "idip") and self.samples != 1:
       raise ValueError(f"samples must be 1 for {self.variant} (one fixed input), got "
                        f"{self.samples}")
@@ -279,8 +340,23 @@ class RIDE(Defense):
                                                       jnp.arange(stages))
     return x_est[-1], params, z[-1], k_drop[-1]
 
+  def chunk_size(self, x: jax.Array) -> int:
+    """Images per vmapped fit for the batch x (N, H, W, C): `chunk`, or as its doc says."""
+    if self.chunk is not None:
+      return min(self.chunk, len(x))
+    if jax.default_backend() != "cpu":
+      return len(x)
+    h, w, c = x.shape[1:]
+    widest = max(c, *NETWORKS[self._network(x.shape[1:])][0])
+    return max(1, min(len(x), round(CPU_CHUNK_FLOATS / (h * w * 9 * widest))))
+
+  def map_images(self, fn, keys: jax.Array, x: jax.Array):
+    """fn(key, image) over the keys (N,) and images x (N, H, W, C), vmapped `chunk_size` images
+    at a time."""
+    return jax.lax.map(lambda a: fn(*a), (keys, x), batch_size=self.chunk_size(x))
+
   def transform(self, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
-    return jax.vmap(lambda k, image: self.fit(k, image)[0])(keys, x)
+    return self.map_images(lambda k, image: self.fit(k, image)[0], keys, x)
 
   def view(self, name: str, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
     if name == "frozen":
@@ -306,7 +382,7 @@ def _frozen(defense: RIDE, keys: jax.Array, x: jax.Array) -> jax.Array:
     return defense.transform(keys, x, None)
 
   def fwd(x):
-    out, params, z, k_drop = jax.vmap(defense.fit)(keys, x)
+    out, params, z, k_drop = defense.map_images(defense.fit, keys, x)
     return out, (params, z - x[:, None], k_drop, x)
 
   def bwd(residuals, cotangent):

@@ -84,6 +84,59 @@ def test_conv_paths_agree_with_a_direct_correlation():
     np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=name)
 
 
+def test_im2col_derivatives_equal_lax_rules_to_second_order():
+  # The im2col path's hand-written VJP against autodiff of lax's convolution, in float64;
+  # second order because the unrolled view differentiates through the fit's own gradients.
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(True):
+    x, kernel, bias = (jnp.asarray(rng.normal(size=s)) for s in ((2, 5, 6, 3), (3, 3, 3, 4), (4,)))
+    w = jnp.asarray(rng.normal(size=(2, 5, 6, 4)))
+
+    def loss(conv):
+      return lambda x, k, b: jnp.sum(w * jnp.tanh(conv(x, k, b)))
+
+    ours, theirs = loss(ride.CONV["im2col"]), loss(ride.CONV["grouped"])
+    for a, b in zip(jax.grad(ours, (0, 1, 2))(x, kernel, bias),
+                    jax.grad(theirs, (0, 1, 2))(x, kernel, bias)):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # d/dx of |d loss / d kernel|^2: reverse over reverse through the custom VJP.
+    second = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(f, 1)(x, kernel, bias) ** 2))(x)
+    np.testing.assert_allclose(second(ours), second(theirs), rtol=1e-10, atol=1e-12)
+
+
+def test_keep_mask_draws_fair_independent_bits():
+  n = 32 * 4096 + 7  # not a multiple of the 32 bits of a word
+  keep = np.asarray(ride.keep_mask(jax.random.key(0), 0.5, (n,)))
+  assert keep.shape == (n,) and keep.dtype == bool
+  # Binomial(n, 1/2): 5 standard deviations.
+  assert abs(keep.mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+  # Neighbours within a word and across words agree half the time (pairwise independence).
+  for lag in (1, 31, 32, 33):
+    agree = np.mean(keep[lag:] == keep[:-lag])
+    assert abs(agree - 0.5) < 5 * 0.5 / np.sqrt(n), lag
+  other = np.asarray(ride.keep_mask(jax.random.key(1), 0.3, (n,)))
+  assert abs(other.mean() - 0.3) < 5 * np.sqrt(0.21 / n)
+  assert not np.array_equal(keep, np.asarray(ride.keep_mask(jax.random.key(2), 0.5, (n,))))
+
+
+def test_chunks_do_not_change_the_result():
+  x = _images(shape=(5, 8, 8, 1))
+  keys = jax.random.split(jax.random.key(3), 5)
+  outs = [np.asarray(jax.jit(defenses.create(f"ride(k=3, t=2, chunk={c})").transform)(
+      keys, x, None)) for c in (1, 2, 5)]
+  for out in outs[1:]:
+    np.testing.assert_allclose(out, outs[0], atol=1e-6)
+  # The CPU default: the images whose widest patch matrix (H W x 9 C) holds about 2^20 floats.
+  if jax.default_backend() == "cpu":
+    d = defenses.create("ride")
+    assert d.chunk_size(jnp.zeros((32, 28, 28, 1))) == 9  # 2^20 / (784 x 144) = 9.3
+    assert d.chunk_size(jnp.zeros((32, 32, 32, 3))) == 4  # 2^20 / (1024 x 288) = 3.6
+    assert d.chunk_size(jnp.zeros((2, 32, 32, 3))) == 2
+  assert defenses.create("ride(chunk=3)").chunk_size(jnp.zeros((32, 8, 8, 1))) == 3
+  with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+    defenses.create("ride(chunk=0)")
+
+
 def test_ride_is_keyed_per_image_and_equals_dae_without_stage_updates():
   x = _images()
   d = defenses.create("ride(k=4, t=2)")
