@@ -112,26 +112,31 @@ def _correlate(patches: jax.Array, kernel: jax.Array) -> jax.Array:
 def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   """3 x 3 SAME convolution of x (N, H, W, C_in) as im2col and one matmul.
 
-  Its derivatives are written out because autodiff's input gradient (the output gradient
-  times the kernel's transpose, N H W x 9 C_in wide, then the adjoint of the 9 slices, a
-  scatter-add) and its transposed use of the patches cost more than the forward on XLA:CPU
-  (docs/benchmarks.md, RIDE): here the input gradient is a forward correlation again, of the
-  output gradient with the kernel flipped in space and C_in / C_out swapped, and the kernel
-  gradient reuses the forward's patches. Both are tested against lax's rules, to second order.
+  Its derivatives are written out because autodiff's cost more than the forward on XLA:CPU
+  (docs/benchmarks.md, RIDE): its input gradient is the output gradient g times the kernel's
+  transpose, N H W x 9 C_in wide, then the adjoint of the 9 slices (a scatter-add), and its
+  kernel gradient contracts the patches over the pixels, for which XLA copies them transposed.
+  Here both come from the patches of g, P(g) (N, H, W, 9 C_out):
+    dx = P(g) . flip(kernel) with C_in / C_out swapped (a forward correlation again), and
+    dkernel[a, b] = x^T P(g)[:, 2 - a, 2 - b], since y[p] = sum_ab x[p + (a - 1, b - 1)] kernel[a, b]
+  (only x, 9 times narrower than its patches, is transposed). Both are tested against lax's
+  rules, to second order.
   """
   return _correlate(_patches(x), kernel) + bias
 
 
 def _conv_im2col_fwd(x, kernel, bias):
-  patches = _patches(x)
-  return _correlate(patches, kernel) + bias, (patches, kernel)
+  return _conv_im2col(x, kernel, bias), (x, kernel)
 
 
 def _conv_im2col_bwd(residuals, g):
-  patches, kernel = residuals
-  dx = _correlate(_patches(g), jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-  dkernel = jnp.einsum("nhwk,nhwo->ko", patches, g, precision=jax.lax.Precision.HIGHEST)
-  return dx, dkernel.reshape(kernel.shape), jnp.sum(g, axis=(0, 1, 2))
+  x, kernel = residuals
+  g_patches = _patches(g)
+  dx = _correlate(g_patches, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+  c_in, c_out = kernel.shape[2:]
+  products = jnp.einsum("nhwc,nhwk->ck", x, g_patches, precision=jax.lax.Precision.HIGHEST)
+  dkernel = jnp.flip(products.reshape(c_in, 3, 3, c_out), (1, 2)).transpose(1, 2, 0, 3)
+  return dx, dkernel, jnp.sum(g, axis=(0, 1, 2))
 
 
 _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
