@@ -62,9 +62,9 @@ NETWORKS = {"mnist": ((16, 16, 16), (1, 2)), "cifar": ((32, 32, 32, 32), (1, 2))
 VARIANTS = ("ride", "dae", "dip", "idip")
 LOSSES = ("masked_mse", "release")
 CONVS = ("im2col", "grouped")
-# The release's MNIST demo: 1001 iterations with updates at 200, 400, 600, 800.
 # The CPU working set of `RIDE.chunk_size`: 2^20 floats (4 MB) of the widest patch matrix.
 CPU_CHUNK_FLOATS = 2 ** 20
+# The release's MNIST demo: 1001 iterations with updates at 200, 400, 600, 800.
 PRESETS = {"paper": {"k": 2000, "t": 5}, "release_mnist": {"k": 200, "t": 5}}
 
 Params = list[tuple[jax.Array, jax.Array]]  # (kernel (3, 3, C_in, C_out), bias (C_out,)) per layer
