@@ -177,5 +177,6 @@ def main(argv):
     print("\n| defense | menet_jax img/s | scipy / scikit-image img/s | ratio |\n|---|---|---|---|")
     print("\n".join(_filter_rows(cifar[:_FILTER_IMAGES.value])))
 
+
 if __name__ == "__main__":
   app.run(main)
