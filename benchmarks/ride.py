@@ -11,7 +11,11 @@ its own after one untimed warm-up fit (the first fits in a process ran at half t
 ones' rate, and the same loop in a process that had imported JAX and TensorFlow ran at
 0.5-0.9x). Rates are images/s and images x Adam steps / s; the ratio is of images/s at the
 same K and T. RIDE fits `chunk_size` images at a time (the defense's default unless `--chunk`
-is given). `--parts` picks the tables (fit, conv, filters).
+is given), on one XLA device and, with `--cpu_devices` N > 1 (default: one per core), split
+over N CPU devices (`defenses.on_devices`, as the evaluation runs it), N programs at once.
+The reference loop gains nothing from its second thread (docs/benchmarks.md), so the N-device
+row is also what N such loops in parallel processes would have to beat N-fold.
+`--parts` picks the tables (fit, conv, filters).
 
 Convolution paths: the same fit at `--conv_k` x 5 steps with each of RIDE's convolution
 paths (im2col + einsum, vmapped grouped convolution) and as a per-image loop (lax.map).
@@ -38,7 +42,7 @@ from absl import app, flags
 from benchmarks import summary
 from menet_jax import data, defenses
 from menet_jax.defenses import ride
-from menet_jax.utils import machine
+from menet_jax.utils import machine, parallel
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Offline datasets.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per batched RIDE call.")
@@ -53,6 +57,8 @@ _CONV_K = flags.DEFINE_integer("conv_k", 20, "Steps per stage of the convolution
 _PARTS = flags.DEFINE_list("parts", ["fit", "conv", "filters"], "Tables to run.")
 _CHUNK = flags.DEFINE_integer("chunk", None, "RIDE's chunk (images per vmapped fit); default: "
                               "the defense's own choice.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", os.cpu_count(), "XLA devices of the CPU "
+                                    "host (parallel.use_cpu_devices); 1: one device only.")
 
 
 def _time_batched(defense, x: np.ndarray, rounds: int) -> tuple[float, float]:
@@ -84,18 +90,24 @@ def _reference_rate(network: str, images: np.ndarray, k: int, t: int) -> tuple[f
   return 1 / statistics.median(seconds), seconds
 
 
-def _ride_row(name: str, network: str, images: np.ndarray, k: int, t: int, batch: int,
-              reference: float) -> str:
+def _ride_rows(name: str, network: str, images: np.ndarray, k: int, t: int, batch: int,
+               reference: float) -> list[str]:
+  """One row on one device and, with several devices, one split over all of them."""
   chunk = "" if _CHUNK.value is None else f", chunk={_CHUNK.value}"
   defense = defenses.create(f"ride(k={k}, t={t}, network={network}{chunk})")
-  compile_s, seconds = _time_batched(defense, images[:batch], _ROUNDS.value)
-  ours = batch / seconds
-  steps = k * t
-  summary.record("ride", f"{name} K {k} x T {t}", ours * steps, "PyTorch per image",
-                 reference * steps, "img x steps/s")
-  return (f"| {name} | {k} x {t} | {batch} ({defense.chunk_size(images[:batch])}) | "
-          f"{ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
-          f"{reference:.3g} ({reference * steps:.0f}) | {ours / reference:.2f}x |")
+  steps, rows = k * t, []
+  placements = {"1 device": defense}
+  if jax.device_count() > 1:
+    placements[f"{jax.device_count()} devices"] = defenses.on_devices(defense, parallel.mesh())
+  for where, placed in placements.items():
+    compile_s, seconds = _time_batched(placed, images[:batch], _ROUNDS.value)
+    ours = batch / seconds
+    summary.record("ride", f"{name} K {k} x T {t}, {where}", ours * steps, "PyTorch per image",
+                   reference * steps, "img x steps/s")
+    rows.append(f"| {name} | {k} x {t} | {where} | {batch} ({defense.chunk_size(images[:batch])}) "
+                f"| {ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
+                f"{reference:.3g} ({reference * steps:.0f}) | {ours / reference:.2f}x |")
+  return rows
 
 
 def _conv_rows(images: dict[str, np.ndarray], k: int) -> list[str]:
@@ -150,6 +162,7 @@ def _filter_rows(images: np.ndarray) -> list[str]:
 
 def main(argv):
   del argv
+  parallel.use_cpu_devices(_CPU_DEVICES.value)
   print(f"# machine: {machine.describe()}")
   mnist, _ = data.load("mnist", "test[:64]", _DATA_DIR.value)
   cifar, _ = data.load("cifar10", f"test[:{max(_FILTER_IMAGES.value, _CIFAR_BATCH.value)}]",
@@ -161,11 +174,12 @@ def main(argv):
     ref_cifar, ref_cifar_s = _reference_rate("cifar", cifar, _CIFAR_K.value, 5)
     print(f"PyTorch seconds per image: MNIST {[round(a, 2) for a in ref_mnist_s]}, "
           f"CIFAR-10 {[round(a, 2) for a in ref_cifar_s]}", flush=True)
-    rows = [("| data | K x T | images (chunk) | menet_jax img/s (img x steps/s) | compile s | "
-             "PyTorch per image img/s (img x steps/s) | ratio |"), "|---|---|---|---|---|---|---|",
-            _ride_row("MNIST", "mnist", mnist, preset.k, preset.t, _BATCH.value, ref_mnist),
-            _ride_row("CIFAR-10", "cifar", cifar, _CIFAR_K.value, 5, _CIFAR_BATCH.value,
-                      ref_cifar)]
+    rows = [("| data | K x T | menet_jax on | images (chunk) | menet_jax img/s (img x steps/s) | "
+             "compile s | PyTorch per image img/s (img x steps/s) | ratio |"),
+            "|---|---|---|---|---|---|---|---|",
+            *_ride_rows("MNIST", "mnist", mnist, preset.k, preset.t, _BATCH.value, ref_mnist),
+            *_ride_rows("CIFAR-10", "cifar", cifar, _CIFAR_K.value, 5, _CIFAR_BATCH.value,
+                        ref_cifar)]
     print("\n".join(rows), flush=True)
   if "conv" in _PARTS.value:
     print(f"\n| data | images | img x steps/s: {' | '.join(ride.CONVS)} | per-image loop |\n"

@@ -106,6 +106,9 @@ def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).", **fv)
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).", **fv)
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", **fv)
+  flags.DEFINE_integer("cpu_devices", None, "Split a CPU host into N XLA devices, so that "
+                       "per-image defense work and batch slices run N at once (e.g. the number "
+                       "of cores; batches must be divisible by N). Default: JAX's (one).", **fv)
   _define_eval_flags(fv)
 
 
@@ -218,6 +221,7 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
                 for e in _numbers("sanity_eps", FLAGS.sanity_eps, float)]
   for name in ("eval_images", "sanity_images", "restarts", "defense_draws", "eval_batch_size"):
     validation.integer_in(name, FLAGS[name].value, 1)
+  parallel.check_batch("eval_batch_size", FLAGS.eval_batch_size)
   config = evaluation.read_config(FLAGS.workdir)
   _check_dataset(config.dataset)
   pgd = config_lib.pgd_defaults(config.dataset)
@@ -320,6 +324,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
+    if FLAGS.cpu_devices is not None:
+      parallel.use_cpu_devices(FLAGS.cpu_devices)
     run()
   except (ValueError, FileNotFoundError, CheckpointMismatch) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ from menet_jax.defenses import Defense
 from menet_jax.training import checkpoint, objectives
 from menet_jax.training import state as state_lib
 from menet_jax.training.config import Config
-from menet_jax.utils import validation
+from menet_jax.utils import parallel, validation
 
 CHECKPOINTS = ("last", "best")
 
@@ -90,6 +90,9 @@ def load(workdir: str | Path, which: str = "last", *, defense: str | None = None
   apply_fn, variables = objectives.create(config.objective).classifier(model, tree)
   chosen = defenses.create(defense or config.defense, **defense_overrides)
   chosen.check(config.image_shape())
-  return Restored(apply_fn=apply_fn, variables=jax.tree.map(jax.numpy.asarray, variables),
+  # Replicated on this process's devices: the evaluation splits each batch's defense draws
+  # over them (runner._placed), and jit refuses variables committed to one of them.
+  variables = jax.device_put(variables, parallel.replicated(parallel.mesh(jax.local_devices())))
+  return Restored(apply_fn=apply_fn, variables=variables,
                   defense=chosen, config=config, checkpoint=str(ckpt_dir.absolute() / str(step)),
                   step=step)

@@ -279,10 +279,7 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
   source_vars = source.variables if source is not None else None
   t0 = time.perf_counter()
   correct, linf, l2 = [], 0.0, 0.0
-  for start in range(0, n, batch_size):
-    rows = np.arange(start, start + batch_size)
-    valid = rows < n
-    rows = np.where(valid, rows, n - 1)
+  for start, rows, valid in _batches(n, batch_size):
     c, batch_linf, batch_l2 = fn(
         restored.variables, source_vars, jax.random.fold_in(key, start),
         jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
@@ -300,17 +297,31 @@ def _input_gradient(restored: Restored, images: np.ndarray, labels: np.ndarray, 
                     defense: Defense | None, view: str, per_image: bool = False) -> np.ndarray:
   """(N, D): the gradient of the cross-entropy through view `view` of the defense, one draw.
 
-  per_image: one image at a time (image i drawn with fold_in(key, i)), so that memory is that
-  of one image: an exact view through a per-image optimisation (RIDE's "unrolled") keeps
-  every step's state of every image it differentiates at once.
+  per_image: one image per device at a time (the batch from image i drawn with fold_in(key, i)),
+  so that memory is that of one image: an exact view through a per-image optimisation (RIDE's
+  "unrolled") keeps every step's state of every image it differentiates at once. Otherwise all
+  images in one batch. Batches are padded to a multiple of the local device count, over which
+  the defense's draws are split.
   """
   ctx = context(restored, restored.variables, None, None, eps=0.0, step_size=1.0, defense=defense)
   grad = jax.jit(jax.grad(lambda x, y, k: jnp.sum(cross_entropy(ctx.through(x, k, view), y))))
-  x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
-  if not per_image:
-    return np.asarray(grad(x, y, key)).reshape(len(images), -1)
-  return np.stack([np.asarray(grad(x[i:i + 1], y[i:i + 1], jax.random.fold_in(key, i))).ravel()
-                   for i in range(len(images))])
+  n, devices = len(images), jax.local_device_count()
+  size = devices if per_image else -(-n // devices) * devices
+  out = []
+  for start, rows, valid in _batches(n, size):
+    g = grad(jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
+             jax.random.fold_in(key, start) if per_image else key)
+    out.append(np.asarray(g).reshape(size, -1)[valid])
+  return np.concatenate(out)
+
+
+def _batches(n: int, size: int):
+  """(start, rows, valid) of the batches of `size` rows covering range(n): the last batch is
+  padded with row n - 1, and `valid` (size,) marks the rows that are not padding."""
+  for start in range(0, n, size):
+    rows = np.arange(start, start + size)
+    valid = rows < n
+    yield start, np.where(valid, rows, n - 1), valid
 
 
 def gradient_check(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,

@@ -227,3 +227,26 @@ def test_l2_evaluation_reports_pixel_and_per_pixel_radii(trained_run):
   md = (trained_run / "eval" / "l2.md").read_text()
   assert f"l2 eps 0.5 (|x_adv - x|_2, pixels in [0, 1]; {0.5 / 3072:.4g} per pixel" in md
   assert "accuracy ~ 0 at eps 27.71" in md
+
+
+def test_two_cpu_devices_give_the_one_device_verdicts(trained_run):
+  # --cpu_devices=2 splits every batch's defense draws over two devices: the restored
+  # variables must sit on both, and batches that do not divide (5 images in batches of 4,
+  # 3 sanity images, the per-image gradients of RIDE's exact view) are padded. Per-image work
+  # does not depend on where it runs, so the verdicts are the one-device ones.
+  settings = ["--defense=ride(k=2, t=1)", "--attacks=clean,bpda_pgd", "--attack_steps=2",
+              "--eval_images=5", "--eval_batch_size=4", "--defense_draws=1", "--sanity_eps=0,0.5",
+              "--sanity_images=3", "--allow_failed_checks"]
+  verdicts = {}
+  for devices in (1, 2):
+    proc = _cli([f"--workdir={trained_run}", *settings, f"--eval_name=devices{devices}",
+                 f"--cpu_devices={devices}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((trained_run / "eval" / f"devices{devices}.json").read_text())
+    assert f"{devices} x cpu" in record["machine"] or devices == 1, record["machine"]
+    assert record["sanity"]["gradient_agreement"], record["sanity"]
+    with np.load(trained_run / "eval" / f"devices{devices}.npz") as f:
+      verdicts[devices] = dict(f)
+  assert sorted(verdicts[1]) == sorted(verdicts[2])
+  for name, one in verdicts[1].items():
+    np.testing.assert_array_equal(verdicts[2][name], one, err_msg=name)

@@ -123,6 +123,12 @@ def _error_lines(proc):
     (["--dataset=tiny_imagenet"], "this entry point runs cifar10, but the flags ask for "
                                   "tiny_imagenet; use python -m experiments.tiny_imagenet"),
     (["--batch_size=6"], "batch_size must be divisible by the number of devices (4)"),
+    # --cpu_devices replaces the 4 CPU devices of XLA_FLAGS before JAX starts.
+    (["--cpu_devices=3", "--batch_size=128"],
+     "batch_size must be divisible by the number of devices (3), got 128"),
+    (["--cpu_devices=0"], "cpu_devices must be an integer >= 1, got 0"),
+    (["--mode=eval", "--eval_batch_size=6"],
+     "eval_batch_size must be divisible by the number of devices (4), got 6"),
     (["--defense=menet(method=usvt, kep=1)"], "method 'usvt' has no argument 'kep'"),
 ])
 def test_cli_errors_are_one_line_and_create_nothing(tmp_path, args, match):
