@@ -14,7 +14,7 @@ import pytest
 from menet_jax.evaluation import restore
 from menet_jax.training import loop, run_dir
 from menet_jax.training.config import Config
-from tests.conftest import DATA_DIR
+from tests.conftest import CIFAR_TEST, DATA_DIR
 from tests.watchdog import REPO
 
 ATTACKS = ["--attacks=clean,pgd,bpda_pgd,bpda_eot(samples=2),approx_input,projected_bpda,"
@@ -53,8 +53,8 @@ def test_eval_cli_errors(tmp_path, args, match):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-  if not (DATA_DIR / "cifar10").is_dir():
-    pytest.skip(f"CIFAR-10 not found in {DATA_DIR}")
+  if not CIFAR_TEST.is_file():
+    pytest.skip(f"CIFAR-10 test batch not found at {CIFAR_TEST}")
   root = tmp_path_factory.mktemp("eval")
   config = Config.for_dataset(
       "cifar10", mode="pure", workdir=str(root / "run"), data_dir=str(DATA_DIR),

@@ -14,6 +14,7 @@ from menet_jax import defenses
 from menet_jax.training import config as config_lib
 from menet_jax.training import objectives, run_dir
 from tests import watchdog
+from tests.conftest import CIFAR_TEST, DATA_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGFILES = sorted((REPO / "experiments" / "flags").glob("*.flags")) + [REPO / "menet.flags"]
@@ -163,12 +164,15 @@ def test_an_entry_point_runs_only_its_dataset(tmp_path):
 
 
 def test_a_directory_of_another_run_is_refused(tmp_path):
+  # The run directory is checked after the data are read; without the offline CIFAR-10 the
+  # loader would go to TFDS instead.
+  if not CIFAR_TEST.is_file():
+    pytest.skip(f"CIFAR-10 test batch not found at {CIFAR_TEST}")
   workdir = tmp_path / "run"
   other = config_lib.Config.for_dataset("cifar10", workdir=str(workdir), model="small_cnn")
   run_dir.prepare(other)
   before = sorted(p.name for p in workdir.iterdir())
-  data_dir = REPO.parent / "shared" / "data"
-  proc = _run([f"--workdir={workdir}", f"--data_dir={data_dir}", "--model=resnet18",
+  proc = _run([f"--workdir={workdir}", f"--data_dir={DATA_DIR}", "--model=resnet18",
                "--mode=vanilla", "--train_split=train[:64]", "--test_split=test[:64]"], tmp_path)
   assert proc.returncode == 2
   assert "holds a different run" in proc.stderr and "model: 'small_cnn'" in proc.stderr
