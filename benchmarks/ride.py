@@ -27,6 +27,7 @@ median_filter and scikit-image's denoise_tv_* called per image and channel.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -97,8 +98,9 @@ def _ride_rows(name: str, network: str, images: np.ndarray, k: int, t: int, batc
   defense = defenses.create(f"ride(k={k}, t={t}, network={network}{chunk})")
   steps, rows = k * t, []
   placements = {"1 device": defense}
-  if jax.device_count() > 1:
-    placements[f"{jax.device_count()} devices"] = defenses.on_devices(defense, parallel.mesh())
+  devices = jax.devices()[:math.gcd(jax.device_count(), batch)]  # each takes a whole slice
+  if len(devices) > 1:
+    placements[f"{len(devices)} devices"] = defenses.on_devices(defense, parallel.mesh(devices))
   for where, placed in placements.items():
     compile_s, seconds = _time_batched(placed, images[:batch], _ROUNDS.value)
     ours = batch / seconds
