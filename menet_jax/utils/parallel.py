@@ -35,7 +35,7 @@ def use_cpu_devices(n: int) -> None:
   threads; small operations (the 28 x 28 convolutions of a RIDE fit on MNIST) leave cores idle:
   a second core sped that fit up 1.35x. With n devices the per-device work of `per_device`
   (defense transforms, ME builds) and the slices of a sharded batch run as n programs at once
-  (docs/benchmarks.md, RIDE: 1.3-1.5x on MNIST with 2 devices on 2 cores). Only the CPU
+  (docs/benchmarks.md, RIDE: 1.3-1.6x on MNIST with 2 devices on 2 cores). Only the CPU
   backend is split; batches must then be divisible by n (`check_batch`).
   """
   validation.integer_in("cpu_devices", n, 1)
