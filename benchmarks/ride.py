@@ -93,22 +93,25 @@ def _reference_rate(network: str, images: np.ndarray, k: int, t: int) -> tuple[f
 
 def _ride_rows(name: str, network: str, images: np.ndarray, k: int, t: int, batch: int,
                reference: float) -> list[str]:
-  """One row on one device and, with several devices, one split over all of them."""
+  """One row on one device and, with several devices, one split over all of them; the chunk
+  shown is the one each device fits its slice in."""
   chunk = "" if _CHUNK.value is None else f", chunk={_CHUNK.value}"
   defense = defenses.create(f"ride(k={k}, t={t}, network={network}{chunk})")
   steps, rows = k * t, []
-  placements = {"1 device": defense}
+  placements = {"1 device": (defense, batch)}  # the defense and the images of each device
   devices = jax.devices()[:math.gcd(jax.device_count(), batch)]  # each takes a whole slice
   if len(devices) > 1:
-    placements[f"{len(devices)} devices"] = defenses.on_devices(defense, parallel.mesh(devices))
-  for where, placed in placements.items():
+    placements[f"{len(devices)} devices"] = (
+        defenses.on_devices(defense, parallel.mesh(devices)), batch // len(devices))
+  for where, (placed, per_device) in placements.items():
     compile_s, seconds = _time_batched(placed, images[:batch], _ROUNDS.value)
     ours = batch / seconds
     summary.record("ride", f"{name} K {k} x T {t}, {where}", ours * steps, "PyTorch per image",
                    reference * steps, "img x steps/s")
-    rows.append(f"| {name} | {k} x {t} | {where} | {batch} ({defense.chunk_size(images[:batch])}) "
-                f"| {ours:.3g} ({ours * steps:.0f}) | {compile_s:.0f} | "
-                f"{reference:.3g} ({reference * steps:.0f}) | {ours / reference:.2f}x |")
+    rows.append(f"| {name} | {k} x {t} | {where} | {batch} "
+                f"({defense.chunk_size(images[:per_device])}) | {ours:.3g} ({ours * steps:.0f}) | "
+                f"{compile_s:.0f} | {reference:.3g} ({reference * steps:.0f}) | "
+                f"{ours / reference:.2f}x |")
   return rows
 
 
