@@ -1,14 +1,15 @@
 """Runs a short training in its own process (device count and jax.distributed are per process).
 
     python -m tests.train_worker OUT_NPZ WORKDIR [--mode=adv --dataset=cifar10 --model=small_cnn
-        --images=64 --mask_num=2 --objective=... --optimizer=sgd]
+        --images=64 --mask_num=2 --objective=... --optimizer=sgd --x64]
         [--coordinator=host:port --process=i --processes=n]
 
 Trains for one epoch on the first `images` test images of `dataset` (batch 16,
 ME-Net with USVT, p 0.4 -> 0.6, `mask_num` masks; adv mode: PGD-2 through BPDA,
 fresh masks per step; or `objective`, e.g. the ER-Classifier's, with the identity
 defense) and saves this process's copy of the final parameters and BatchNorm
-statistics.
+statistics. --x64: a float64 run (jax_enable_x64, the model's compute dtype float64, so every
+parameter, activation and gradient is float64; the data and the augmentation draws as in float32).
 """
 
 import argparse
@@ -37,7 +38,12 @@ def main(argv):
   parser.add_argument("--mask_num", type=int, default=2)
   parser.add_argument("--objective")
   parser.add_argument("--optimizer", default="sgd")
+  parser.add_argument("--x64", action="store_true")
   args = parser.parse_args(argv)
+  if args.x64:
+    jax.config.update("jax_enable_x64", True)
+    name, _, params = args.model.rstrip(")").partition("(")
+    args.model = f"{name}({', '.join(filter(None, [params, 'dtype=float64']))})"
   if args.coordinator:
     parallel.initialize(args.coordinator, args.processes, args.process)
   config = Config.for_dataset(

@@ -26,6 +26,19 @@ import numpy as np
 PAD = 4  # pixels of zero padding before the random crop (He et al., 2016)
 
 
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> [0, 1] in JAX's default float dtype: float32, or float64 when
+  `jax_enable_x64` is on (a float64 reference run, e.g. tests/training/test_parallel.py).
+
+  Args:
+    images: (..., H, W, C) uint8.
+
+  Returns:
+    (..., H, W, C) float32 (float64 under x64), values k / 255.
+  """
+  return jnp.asarray(images).astype(jax.dtypes.canonicalize_dtype(jnp.float64)) / 255.0
+
+
 def augment(key: jax.Array, images: jax.Array) -> jax.Array:
   """Zero-pad by 4, random crop back to size, random horizontal flip; per image.
 
@@ -38,12 +51,14 @@ def augment(key: jax.Array, images: jax.Array) -> jax.Array:
   """
   b, h, w, c = images.shape
   k_crop, k_flip = jax.random.split(key)
-  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * PAD + 1)
-  flips = jax.random.bernoulli(k_flip, 0.5, (b,))
+  # 32-bit draws whatever jax_enable_x64 says, so that a float64 run crops and flips exactly as
+  # the float32 run it is a reference for.
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * PAD + 1, dtype=jnp.int32)
+  flips = jax.random.bernoulli(k_flip, jnp.float32(0.5), (b,))
   padded = jnp.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
 
   def one(img, off, flip):
-    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+    crop = jax.lax.dynamic_slice(img, (off[0], off[1], jnp.int32(0)), (h, w, c))
     return jnp.where(flip, crop[:, ::-1], crop)
 
   return jax.vmap(one)(padded, offsets, flips)

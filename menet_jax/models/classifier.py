@@ -20,7 +20,8 @@ class Classifier(nn.Module):
     num_classes: number of output logits.
     mean, std: per-channel input normalisation in pixel units (default:
       CIFAR-10's, `normalize.NORMALIZATION`).
-    dtype: compute dtype; parameters stay float32 and the logits are float32.
+    dtype: compute dtype; parameters and logits are float32 (float64 for a float64 model
+      under jax_enable_x64, `normalize.wide_dtype`).
   """
   num_classes: int = 10
   mean: normalize.Stats = normalize.NORMALIZATION["cifar10"][0]
@@ -36,7 +37,7 @@ class Classifier(nn.Module):
         if True, the running averages otherwise (models without batch norm ignore it).
 
     Returns:
-      (N, num_classes) float32 logits.
+      (N, num_classes) float32 logits (float64 for a float64 model).
     """
     x = normalize.normalize(x, self.mean, self.std).astype(self.dtype)
-    return self.logits(x, train=train).astype(jnp.float32)
+    return self.logits(x, train=train).astype(normalize.wide_dtype(self.dtype))

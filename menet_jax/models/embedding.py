@@ -149,13 +149,14 @@ class EmbeddingClassifier(Classifier):
     self.c = Head(self.head, self.num_classes, self.dtype)
 
   def encode(self, x: jax.Array, *, train: bool) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Q(x) for pixel images x (N, H, W, C) in [0, 1]: (N, k) float32, or (mean, log-variance)."""
+    """Q(x) for pixel images x (N, H, W, C) in [0, 1]: (N, k) float32 (float64 for a float64
+    model, `normalize.wide_dtype`), or (mean, log-variance)."""
     code = self.q(normalize.normalize(x, self.mean, self.std).astype(self.dtype), train=train)
-    return jax.tree.map(lambda a: a.astype(jnp.float32), code)
+    return jax.tree.map(lambda a: a.astype(normalize.wide_dtype(self.dtype)), code)
 
   def classify(self, z: jax.Array, *, train: bool) -> jax.Array:
-    """C(z): logits (N, num_classes) float32 of codes z (N, k)."""
-    return self.c(z.astype(self.dtype), train=train).astype(jnp.float32)
+    """C(z): logits (N, num_classes) float32 (float64 for a float64 model) of codes z (N, k)."""
+    return self.c(z.astype(self.dtype), train=train).astype(normalize.wide_dtype(self.dtype))
 
   def logits(self, x: jax.Array, *, train: bool) -> jax.Array:
     code = self.q(x, train=train)

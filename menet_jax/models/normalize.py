@@ -51,7 +51,7 @@ def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.
     std: per-channel standard deviations, as `mean`.
 
   Returns:
-    (N, H, W, C) float32.
+    (N, H, W, C) float32, or float64 for float64 x (a float64 reference run).
   """
   if x.ndim != 4:
     raise ValueError(f"x must be a batch of images (N, H, W, C), got shape {tuple(x.shape)}")
@@ -60,8 +60,18 @@ def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.
     if len(stats) not in (1, channels):
       raise ValueError(f"{name} must have one entry per channel of x ({channels}) or a single "
                        f"entry, got {len(stats)}: {tuple(stats)}")
-  x = jnp.asarray(x, jnp.float32)
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  x = jnp.asarray(x)
+  dtype = wide_dtype(x.dtype)
+  x = x.astype(dtype)
+  return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
+
+
+def wide_dtype(dtype) -> jnp.dtype:
+  """float32, or float64 when `dtype` is (only under jax_enable_x64): the dtype of a model's
+  parameters, normalised inputs and logits whatever its compute dtype (bfloat16 computes
+  from float32 parameters; a float64 model keeps every value in float64)."""
+  return jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.floating) \
+      else jnp.dtype(jnp.float32)
 
 
 def batch_norm(train: bool, dtype: jnp.dtype) -> Callable[..., nn.BatchNorm]:

@@ -57,7 +57,7 @@ def eval_step(apply_fn, variables, batch: dict[str, jax.Array]) -> dict[str, jax
   chex.assert_rank(batch["image"], 5)
   b, k = batch["image"].shape[:2]
   chex.assert_shape([batch["label"], batch["weight"]], (b,))
-  x = batch["image"].reshape(b * k, *batch["image"].shape[2:]).astype(jnp.float32) / 255.0
+  x = input_pipeline.to_float(batch["image"].reshape(b * k, *batch["image"].shape[2:]))
   logits = jnp.swapaxes(apply_fn(variables, x, train=False).reshape(b, k, -1), 0, 1)
   predicted = majority_vote(logits) if k > 1 else jnp.argmax(logits[0], -1)
   w = batch["weight"]

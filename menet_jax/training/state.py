@@ -11,6 +11,7 @@ import optax
 from flax.training import train_state
 
 from menet_jax import models
+from menet_jax.models import normalize
 
 if TYPE_CHECKING:  # the config imports the objectives, which import this module
   from menet_jax.training.config import Config
@@ -45,10 +46,25 @@ def create_model(config: Config) -> nn.Module:
   return models.create(config.model, num_classes=config.num_classes, mean=mean, std=std)
 
 
+def init_variables(module: nn.Module, key: jax.Array, shape: tuple[int, ...],
+                   dtype: Any = None, **kwargs) -> Any:
+  """module.init on zeros of `shape` (a batch of 2 prepended), every float variable in
+  normalize.wide_dtype(dtype), by default of the module's compute dtype.
+
+  Variables are float32 (flax's default), or float64 for a module whose compute dtype is
+  float64 (under jax_enable_x64): a float64 reference run keeps no float32 value anywhere.
+  kwargs go to module.init (e.g. train=False).
+  """
+  wide = normalize.wide_dtype(dtype or getattr(module, "dtype", None) or jnp.float32)
+  variables = module.init(key, jnp.zeros((2, *shape), wide), **kwargs)
+  return jax.tree.map(lambda v: v.astype(wide) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+                      variables)
+
+
 def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
                        image_shape: tuple[int, int, int]) -> TrainState:
-  """Initial parameters, BatchNorm statistics and optimizer state."""
-  variables = model.init(key, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+  """Initial parameters, BatchNorm statistics and optimizer state (`init_variables`)."""
+  variables = init_variables(model, key, image_shape, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}), tx=tx)
 

@@ -190,13 +190,13 @@ class _EmbeddingObjective(Objective):
       raise ValueError(f"objective {self.spec()} needs an embedding classifier (models.embedding, "
                        f"e.g. er_mnist), got {type(model).__name__}")
     k_model, k_critic = jax.random.split(key)
-    variables = model.init(k_model, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+    variables = state_lib.init_variables(model, k_model, image_shape, train=False)
     params, txs, critic_params = variables["params"], self._txs(tx), {}
     critic = self._critic()
     if critic is not None:
       code = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((2, *image_shape)),
                                                 train=False, method="encode"))
-      critic_params = critic.init(k_critic, jnp.zeros(code.shape, jnp.float32))
+      critic_params = state_lib.init_variables(critic, k_critic, code.shape[1:], code.dtype)
       txs["critic"] = self._critic_tx(tx)
     opt_state = {"encoder": txs["encoder"].init(params["q"]),
                  "head": txs["head"].init(params["c"])}
@@ -334,7 +334,7 @@ class ER(ECLA):
 
     n = self.n_critic or game.n_critic
     gamma, opt, estimate = jax.lax.fori_loop(
-        0, n, one_step, (state.critic, state.opt_state["critic"], jnp.zeros((), jnp.float32)))
+        0, n, one_step, (state.critic, state.opt_state["critic"], jnp.zeros((), codes.dtype)))
     return state.replace(critic=gamma, opt_state=dict(state.opt_state, critic=opt)), estimate
 
   def regulariser_step(self, state: EmbeddingState, x: jax.Array, extra: Any = None

@@ -33,10 +33,11 @@ def sgd_step(state: state_lib.TrainState, x: jax.Array, labels: jax.Array
 
 
 def inputs(batch: dict[str, jax.Array], key: jax.Array, augment: bool) -> jax.Array:
-  """The batch's images as float32 in [0, 1], pad-4 cropped and flipped if `augment`."""
+  """The batch's images in [0, 1] (input_pipeline.to_float), pad-4 cropped and flipped if
+  `augment`."""
   chex.assert_rank(batch["image"], 4)
   chex.assert_shape(batch["label"], batch["image"].shape[:1])
-  x = batch["image"].astype(jnp.float32) / 255.0
+  x = input_pipeline.to_float(batch["image"])
   return input_pipeline.augment(key, x) if augment else x
 
 
