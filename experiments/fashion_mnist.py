@@ -1,10 +1,6 @@
 """python -m experiments.fashion_mnist --flagfile=...: train, or evaluate with --mode=eval."""
 
-from absl import app
-
 from experiments import main
 
-main.define_flags(dataset="fashion_mnist")
-
 if __name__ == "__main__":
-  app.run(main.main)
+  main.cli("fashion_mnist")

@@ -13,64 +13,133 @@ checkpoint; the training flags of a flagfile are not used) -> the attacks of
 kept in <workdir>/eval/<eval_name>.rows/, so the same command after a kill
 resumes where it stopped.
 
-Exit status: 2 and one `error:` line for a bad flag, a missing dataset or
-checkpoint, or a directory of another run; 1 when a sanity check of the
-evaluation failed (the report is still written) unless --allow_failed_checks.
+--only_check_args runs every check of the two without training, attacking or
+writing anything, prints one `ok:` line and exits 0. --help (--helpshort) lists
+the project's flags by group; --helpfull adds those of absl and the libraries.
+
+Exit status: 2 and one `error:` line on stderr for any bad command line (an
+unknown flag, a bad flag value, a missing flagfile or --workdir, a positional
+argument, an unknown component), a missing dataset or checkpoint, or a directory
+of another run; 1 when a sanity check of the evaluation failed (the report is
+still written) unless --allow_failed_checks; 0 otherwise, --help included.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import logging as std_logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import app, flags, logging
 
-from menet_jax import data
+from menet_jax import attacks, data, defenses, evaluation, models
+from menet_jax.evaluation import report, suite
 from menet_jax.reconstruct import masks, registry
 from menet_jax.training import config as config_lib
-from menet_jax.training import run_dir
+from menet_jax.training import loop, objectives, run_dir
 from menet_jax.training.checkpoint import CheckpointMismatch
-from menet_jax.utils import parallel, validation
+from menet_jax.utils import machine, parallel, validation
 from menet_jax.utils.registry import split_list
 
 FLAGS = flags.FLAGS
 # The dataset this entry point runs (experiments/<dataset>.py sets it).
 _ENTRY_DATASET: list[str] = []
+# --help's groups, (title, flag names) in order; define_flags fills it.
+_HELP_GROUPS: list[tuple[str, list[str]]] = []
+# What the library raises for bad input: one `error:` line, exit status 2.
+_INPUT_ERRORS = (ValueError, FileNotFoundError, CheckpointMismatch)
+
+
+class _RadiusParser(flags.FloatParser):
+  """A float flag that also takes a fraction, 8/255, as papers write radii and step sizes."""
+
+  def __init__(self) -> None:
+    super().__init__()
+    self.syntactic_help = "a number or a fraction such as 8/255"
+
+  def convert(self, argument: float | str) -> float:
+    """The value of a number or of a fraction a/b."""
+    try:
+      if isinstance(argument, str) and "/" in argument:
+        numerator, denominator = argument.split("/")
+        return float(numerator) / float(denominator)
+      return super().convert(argument)
+    except (ValueError, ZeroDivisionError):
+      raise ValueError(f"expected {self.syntactic_help}, got {argument!r}") from None
+
+
+class _RadiusListParser(flags.ListParser):
+  """A comma-separated list of radii, each a number or a fraction (0,2/255,8/255)."""
+
+  def parse(self, argument: str | list) -> list[float]:
+    """The radii of a comma-separated string (empty entries are skipped) or of a list."""
+    return [_RadiusParser().parse(item) for item in super().parse(argument) if item != ""]
+
+
+def _define_radius(name: str, default: float | None, help_text: str, fv: dict[str, Any]) -> None:
+  flags.DEFINE(_RadiusParser(), name, default, help_text, **fv)
+
+
+def _known(names: tuple[str, ...] | list[str]) -> str:
+  return "known: " + ", ".join(names)
 
 
 def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the experiment flags for the entry point of `dataset`."""
+  """Defines the experiment flags for the entry point of `dataset`, in --help's groups."""
   _ENTRY_DATASET[:] = [dataset]
   fv = dict(flag_values=flag_values)
+  groups = []
+  for title, define in (("run and data", _define_run_flags),
+                        ("defense and objective", _define_defense_flags),
+                        ("training", _define_training_flags),
+                        ("evaluation (--mode=eval)", _define_eval_flags),
+                        ("devices and processes", _define_device_flags)):
+    before = set(flag_values)
+    define(dataset, fv)
+    groups.append((title, [name for name in flag_values if name not in before]))
+  _HELP_GROUPS[:] = groups
+
+
+def _define_run_flags(dataset: str, fv: dict[str, Any]) -> None:
+  flags.DEFINE_enum("mode", "pure", list(config_lib.MODES) + ["eval"],
+                    "A name for a defense and objective: vanilla, pure (ME-Net SGD), adv (ME-Net "
+                    "+ PGD), madry (PGD); eval attacks the trained run in --workdir.", **fv)
   flags.DEFINE_enum("dataset", dataset, list(config_lib.DATASET_DEFAULTS),
                     f"Dataset; this entry point runs {dataset} only.", **fv)
-  flags.DEFINE_string("workdir", None, "Run directory (created, or resumed if it holds this run).",
-                      required=True, **fv)
+  flags.DEFINE_string("workdir", None, "Run directory (required): created, or resumed if it "
+                      "holds this run; with --mode=eval, the trained run.", required=True, **fv)
   flags.DEFINE_string("data_dir", None, "Local dataset files (see menet_jax.data); "
                       "default $MENET_DATA_DIR, then tensorflow-datasets.", **fv)
+  flags.DEFINE_bool("download", False, "Let tensorflow-datasets download a missing dataset into "
+                    "--data_dir (default: TFDS's own folder); without it a missing dataset is "
+                    "an error.", **fv)
   flags.DEFINE_string("cache_dir", None, "Cache of preprocessed training sets "
                       "(default ~/.cache/menet_jax).", **fv)
   flags.DEFINE_string("train_split", None, "Training split, TFDS syntax, e.g. train[:80%].", **fv)
   flags.DEFINE_string("test_split", None, "Test split, e.g. test.", **fv)
-  flags.DEFINE_string("model", None, "Classifier, a registered name (default: Table 8).", **fv)
-  flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).", **fv)
-  flags.DEFINE_enum("mode", "pure", list(config_lib.MODES) + ["eval"],
-                    "A name for a defense and objective: vanilla, pure (ME-Net SGD), adv (ME-Net "
-                    "+ PGD), madry (PGD); eval attacks the trained run in --workdir.", **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of every random draw of the run.", **fv)
+  flags.DEFINE_integer("log_every", 50, "Steps between metric writes.", **fv)
+  flags.DEFINE_bool("progress", True, "Progress bars on the console.", **fv)
+
+
+def _define_defense_flags(dataset: str, fv: dict[str, Any]) -> None:
+  del dataset  # the same flags for every dataset
   flags.DEFINE_string("defense", None, "Defense as a component string, e.g. "
                       "'menet(method=usvt,keep=0.8,startp=0.4,endp=0.6,mask_num=10)' (overrides "
                       "--mode's); with --mode=eval, the defense put in front of the trained "
-                      "classifier instead of its own.", **fv)
+                      f"classifier instead of its own; {_known(defenses.names())}.", **fv)
   flags.DEFINE_string("objective", None, "Training objective as a component string, e.g. "
-                      "'pgd_at(eps=0.0314,step_size=0.0078,steps=7)' (overrides --mode's).", **fv)
-  flags.DEFINE_enum("me_method", "usvt", list(registry.names()), "--mode's ME method.", **fv)
+                      "'pgd_at(eps=0.0314,step_size=0.0078,steps=7)' (overrides --mode's); "
+                      f"{_known(objectives.names())}.", **fv)
+  flags.DEFINE_enum("me_method", "usvt", list(registry.names()),
+                    "--mode's ME (matrix estimation) method.", **fv)
   flags.DEFINE_list("me_params", [], "ME method parameters as name=value, e.g. keep=0.8 or mu=1.",
                     **fv)
   flags.DEFINE_enum("layout", "concat", list(masks.LAYOUTS), "Matrix layout of the channels.",
@@ -81,6 +150,17 @@ def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum("inference", "mean", ["mean", "vote"],
                     "One mask at mean p, or a majority vote over --votes masks.", **fv)
   flags.DEFINE_integer("votes", 10, "Masks per test image for --inference=vote.", **fv)
+  _define_radius("adv_eps", None, "--mode's PGD radius (default per dataset); with --mode=eval "
+                 "the default --eps.", fv)
+  _define_radius("adv_step", None, "--mode's PGD step size.", fv)
+  flags.DEFINE_integer("adv_steps", None, "--mode's PGD steps (7; 40 for MNIST).", **fv)
+
+
+def _define_training_flags(dataset: str, fv: dict[str, Any]) -> None:
+  del dataset  # Table 8's defaults per dataset are filled in by config_from_flags
+  flags.DEFINE_string("model", None, "Classifier, a registered name or a component string "
+                      f"(default: Table 8); {_known(models.names())}.", **fv)
+  flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).", **fv)
   flags.DEFINE_integer("epochs", None, "Epochs (default: Table 8).", **fv)
   flags.DEFINE_integer("batch_size", 256, "Global batch size (all devices, all hosts).", **fv)
   flags.DEFINE_float("lr", None, "Learning rate (default: Table 8).", **fv)
@@ -91,58 +171,54 @@ def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
                     "sgd (momentum; default) or adam (PyTorch's defaults).", **fv)
   flags.DEFINE_float("weight_decay", None, "L2 weight decay (1e-4, the release's).", **fv)
   flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
-  flags.DEFINE_float("adv_eps", None, "--mode's PGD radius (default per dataset); with "
-                     "--mode=eval the default --eps.", **fv)
-  flags.DEFINE_float("adv_step", None, "--mode's PGD step size.", **fv)
-  flags.DEFINE_integer("adv_steps", None, "--mode's PGD steps (7; 40 for MNIST).", **fv)
-  flags.DEFINE_integer("seed", 0, "Seed of every random draw of the run.", **fv)
   flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0: every epoch).", **fv)
   flags.DEFINE_integer("keep_checkpoints", 3, "Most recent checkpoints kept.", **fv)
-  flags.DEFINE_integer("eval_batch_size", 500, "Global evaluation batch size.", **fv)
-  flags.DEFINE_integer("log_every", 50, "Steps between metric writes.", **fv)
-  flags.DEFINE_bool("progress", True, "Progress bars on the console.", **fv)
+  flags.DEFINE_integer("eval_batch_size", 500, "Global batch size of the test-set evaluation "
+                       "(and of --mode=eval).", **fv)
+
+
+def _define_eval_flags(dataset: str, fv: dict[str, Any]) -> None:
+  del dataset  # the dataset is the trained run's
+  flags.DEFINE_string("attacks", "clean,pgd,bpda_pgd",
+                      "Comma-separated attacks, each name, name(k=v,...) or name@s1/s2 (steps); "
+                      f"{_known(suite.names())}.", **fv)
+  flags.DEFINE_list("attack_steps", ["7", "20", "40"],
+                    "Steps of the iterative attacks whose entry sets none.", **fv)
+  flags.DEFINE_integer("eval_images", 1000, "The first N images of the test split.", **fv)
+  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "The threat model's norm.", **fv)
+  _define_radius("eps", None, "Radius in --norm; l-inf default: the dataset's PGD eps; l2 "
+                 "(pixel units, |x_adv - x|_2 with pixels in [0, 1]) has no default.", fv)
+  _define_radius("step_size", None, "Default step of the attacks (default: the dataset's PGD "
+                 "step; under l2, eps / 4).", fv)
+  flags.DEFINE_integer("restarts", 1, "Random restarts (robust = survives all).", **fv)
+  flags.DEFINE_integer("defense_draws", 10,
+                       "Draws of the defense's randomness judging each example.", **fv)
+  flags.DEFINE_string("source_workdir", None,
+                      "Run directory of the independently trained copy (transfer_*).", **fv)
+  flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "Which checkpoint.", **fv)
+  flags.DEFINE_integer("eval_seed", 0, "Seed of the attacks and the defense's draws.", **fv)
+  flags.DEFINE_string("eval_name", "eval", "Report name, <workdir>/eval/<name>.md.", **fv)
+  flags.DEFINE(_RadiusListParser(), "sanity_eps",
+               ["0", "0.0078431", "0.0313725", "0.0627451", "0.5"],
+               "Radii of the BPDA-PGD sanity sweep in --norm, each a number or a fraction "
+               "(empty: none; under l2 the default is 0, eps, 2 eps and 0.5 sqrt(pixels)).",
+               serializer=flags.ListSerializer(","), **fv)
+  flags.DEFINE_integer("sanity_images", 100,
+                       "Images of the sanity checks (at most --eval_images are used).", **fv)
+  flags.DEFINE_bool("allow_failed_checks", False,
+                    "Exit 0 even when a sanity check fails (the report says so).", **fv)
+
+
+def _define_device_flags(dataset: str, fv: dict[str, Any]) -> None:
+  del dataset  # the same flags for every dataset
+  flags.DEFINE_integer("cpu_devices", None, "Split a CPU host into N XLA devices, so that "
+                       "per-image defense work and batch slices run N at once (e.g. the number "
+                       "of cores; batches must be divisible by N). Default: JAX's (one).", **fv)
   flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize.",
                     **fv)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).", **fv)
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).", **fv)
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", **fv)
-  flags.DEFINE_integer("cpu_devices", None, "Split a CPU host into N XLA devices, so that "
-                       "per-image defense work and batch slices run N at once (e.g. the number "
-                       "of cores; batches must be divisible by N). Default: JAX's (one).", **fv)
-  _define_eval_flags(fv)
-
-
-def _define_eval_flags(fv: dict[str, Any]) -> None:
-  from menet_jax.evaluation import suite  # noqa: PLC0415 - registers the attacks for --help
-
-  flags.DEFINE_string("attacks", "clean,pgd,bpda_pgd",
-                      "eval: comma-separated attacks, each name, name(k=v,...) or name@s1/s2 "
-                      "(steps); known: " + ", ".join(suite.names()), **fv)
-  flags.DEFINE_list("attack_steps", ["7", "20", "40"],
-                    "eval: steps of the iterative attacks whose entry sets none.", **fv)
-  flags.DEFINE_integer("eval_images", 1000, "eval: the first N images of the test split.", **fv)
-  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "eval: the threat model's norm.", **fv)
-  flags.DEFINE_float("eps", None, "eval: radius in --norm; l-inf default: the dataset's PGD "
-                     "eps; l2 (pixel units, |x_adv - x|_2 with pixels in [0, 1]) has no default.",
-                     **fv)
-  flags.DEFINE_float("step_size", None, "eval: default step of the attacks (default: the "
-                     "dataset's PGD step; under l2, eps / 4).", **fv)
-  flags.DEFINE_integer("restarts", 1, "eval: random restarts (robust = survives all).", **fv)
-  flags.DEFINE_integer("defense_draws", 10,
-                       "eval: draws of the defense's randomness judging each example.", **fv)
-  flags.DEFINE_string("source_workdir", None,
-                      "eval: run directory of the independently trained copy (transfer_*).", **fv)
-  flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "eval: which checkpoint.", **fv)
-  flags.DEFINE_integer("eval_seed", 0, "eval: seed of the attacks and the defense's draws.", **fv)
-  flags.DEFINE_string("eval_name", "eval", "eval: report name, <workdir>/eval/<name>.md.", **fv)
-  flags.DEFINE_list("sanity_eps", ["0", "0.0078431", "0.0313725", "0.0627451", "0.5"],
-                    "eval: radii of the BPDA-PGD sanity sweep in --norm (empty: none; under l2 "
-                    "the default is 0, eps, 2 eps and 0.5 sqrt(pixels)).", **fv)
-  flags.DEFINE_integer("sanity_images", 100,
-                       "eval: images of the sanity checks (at most --eval_images are used).",
-                       **fv)
-  flags.DEFINE_bool("allow_failed_checks", False,
-                    "eval: exit 0 even when a sanity check fails (the report says so).", **fv)
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -201,12 +277,22 @@ def _numbers(name: str, items: list[str], kind: type) -> list:
     raise ValueError(f"{name} must be {kind.__name__}s, got {items}") from None
 
 
-def run_eval() -> tuple[dict[str, Any], list[str]]:
-  """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
-  from menet_jax import attacks, evaluation  # noqa: PLC0415 - after flag parsing: keeps --help fast
-  from menet_jax.evaluation import report, suite  # noqa: PLC0415
-  from menet_jax.utils import machine  # noqa: PLC0415
+@dataclasses.dataclass(frozen=True)
+class _EvalPlan:
+  """What --mode=eval will do, every part of it checked; nothing loaded or run yet."""
+  config: config_lib.Config  # the trained run's
+  rows: list[str]
+  norm: str
+  eps: float
+  step_size: float
+  sanity_eps: list[float]
+  split: str
+  data_dir: str | None
+  defense_overrides: dict[str, Any]
 
+
+def _eval_plan() -> _EvalPlan:
+  """The evaluation the flags ask for, validated before any data or checkpoint is read."""
   if FLAGS.distributed or jax.process_count() > 1:
     raise ValueError("--mode=eval runs in one process (on all of its local devices)")
   steps = [validation.integer_in("attack_steps", s, 1)
@@ -215,10 +301,10 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
   rows = suite.parse_attacks(split_list(FLAGS.attacks), steps, norm)
   if norm == "l2" and FLAGS.eps is None:
     raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
-  # Under l-inf every radius is known before the data; under l2 the bound (sqrt(pixels)) is
-  # checked once the dataset is.
+  # Under l-inf every radius is known before the run's dataset; under l2 the bound
+  # (sqrt(pixels)) is checked once it is.
   sanity_eps = [validation.number_in("sanity_eps", e, 0.0, 1.0 if norm == "linf" else math.inf)
-                for e in _numbers("sanity_eps", FLAGS.sanity_eps, float)]
+                for e in FLAGS.sanity_eps]
   for name in ("eval_images", "sanity_images", "restarts", "defense_draws", "eval_batch_size"):
     validation.integer_in(name, FLAGS[name].value, 1)
   parallel.check_batch("eval_batch_size", FLAGS.eval_batch_size)
@@ -236,19 +322,32 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
     sanity_eps = [0.0, eps, 2 * eps, 0.5 * largest]
   sanity_eps = [validation.number_in("sanity_eps", e, 0.0, largest) for e in sanity_eps]
   overrides = {k: FLAGS[k].value for k in ("inference", "votes") if FLAGS[k].present}
-  split = FLAGS.test_split or config.test_split
-  images, labels = data.load(config.dataset, split, FLAGS.data_dir or config.data_dir)
+  # The defense in front of the classifier, built (not run) so that a bad component string
+  # fails here and not after the data and the checkpoint are read.
+  defenses.create(FLAGS.defense if FLAGS["defense"].present else config.defense,
+                  **overrides).check(config.image_shape())
+  if FLAGS.source_workdir:
+    source = evaluation.read_config(FLAGS.source_workdir)
+    if source.dataset != config.dataset:
+      raise ValueError(f"source_workdir holds a {source.dataset} model, the target a "
+                       f"{config.dataset} one")
+  return _EvalPlan(config=config, rows=rows, norm=norm, eps=eps, step_size=step_size,
+                   sanity_eps=sanity_eps, split=FLAGS.test_split or config.test_split,
+                   data_dir=FLAGS.data_dir or config.data_dir, defense_overrides=overrides)
+
+
+def run_eval() -> tuple[dict[str, Any], list[str]]:
+  """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
+  plan = _eval_plan()
+  config, split = plan.config, plan.split
+  images, labels = data.load(config.dataset, split, plan.data_dir, download=FLAGS.download)
   n = validation.integer_in("eval_images", FLAGS.eval_images, 1, len(images))
   images, labels = images[:n].astype(np.float32) / 255.0, labels[:n]
   restored = evaluation.load(FLAGS.workdir, FLAGS.checkpoint,
                              defense=FLAGS.defense if FLAGS["defense"].present else None,
-                             **overrides)
-  source = None
-  if FLAGS.source_workdir:
-    source = evaluation.load(FLAGS.source_workdir, FLAGS.checkpoint)
-    if source.config.dataset != config.dataset:
-      raise ValueError(f"source_workdir holds a {source.config.dataset} model, the target a "
-                       f"{config.dataset} one")
+                             **plan.defense_overrides)
+  source = evaluation.load(FLAGS.source_workdir, FLAGS.checkpoint) if FLAGS.source_workdir \
+      else None
   settings = {"run": str(Path(FLAGS.workdir).absolute()), "checkpoint": restored.checkpoint,
               "split": split, "images": n, "seed": FLAGS.eval_seed, "restarts": FLAGS.restarts,
               "draws": FLAGS.defense_draws, "batch_size": FLAGS.eval_batch_size,
@@ -256,10 +355,10 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
               "source": source.checkpoint if source else None}
   store = evaluation.RowStore(Path(FLAGS.workdir) / "eval" / f"{FLAGS.eval_name}.rows", settings)
   record, verdicts = evaluation.evaluate(
-      restored, source, images, labels, rows=rows, eps=eps, step_size=step_size,
+      restored, source, images, labels, rows=plan.rows, eps=plan.eps, step_size=plan.step_size,
       restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
-      batch_size=FLAGS.eval_batch_size, sanity_eps=sanity_eps,
-      sanity_images=min(FLAGS.sanity_images, n), store=store, norm=norm)
+      batch_size=FLAGS.eval_batch_size, sanity_eps=plan.sanity_eps,
+      sanity_images=min(FLAGS.sanity_images, n), store=store, norm=plan.norm)
   record.update(
       run=str(FLAGS.workdir), checkpoint=restored.checkpoint, step=restored.step,
       model=config.model, split=split, source=source.checkpoint if source else None,
@@ -278,10 +377,16 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
   return record, failed
 
 
+def _training_config() -> config_lib.Config:
+  """The training run's Config, with the batch sizes checked against the devices."""
+  config = config_from_flags()
+  parallel.check_batch("batch_size", config.batch_size)
+  parallel.check_batch("eval_batch_size", config.eval_batch_size)
+  return config
+
+
 def run() -> dict[str, Any]:
   """Builds the config from flags, checks it, and trains (or evaluates, --mode=eval)."""
-  from menet_jax.training import loop  # noqa: PLC0415 - after flag parsing: keeps --help fast
-
   _check_dataset(FLAGS.dataset)
   if FLAGS.mode == "eval":
     record, failed = run_eval()
@@ -290,10 +395,8 @@ def run() -> dict[str, Any]:
     return record
   if FLAGS.distributed:
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  config = config_from_flags()
-  parallel.check_batch("batch_size", config.batch_size)
-  parallel.check_batch("eval_batch_size", config.eval_batch_size)
-  splits = tuple(data.load(config.dataset, split, config.data_dir)
+  config = _training_config()
+  splits = tuple(data.load(config.dataset, split, config.data_dir, download=FLAGS.download)
                  for split in (config.train_split, config.test_split))
   chief = jax.process_index() == 0
   if chief:
@@ -312,6 +415,59 @@ def run() -> dict[str, Any]:
   return result
 
 
+def _check_data(dataset: str, splits: list[str], data_dir: str | None) -> str:
+  """Reads every split of `dataset`; says which ones --download would fetch.
+
+  Raises:
+    FileNotFoundError: a split is missing and --download is not given.
+  """
+  missing = []
+  for split in splits:
+    try:
+      # Never download here: a check writes nothing.
+      data.load(dataset, split, data_dir)
+    except FileNotFoundError:
+      if not FLAGS.download:
+        raise
+      missing.append(split)
+  return f"{', '.join(missing)} to download" if missing else "data found"
+
+
+def _workdir_state(config: config_lib.Config) -> str:
+  """'new' or 'resumed': what training would do with --workdir; creates nothing.
+
+  Raises:
+    run_dir.RunMismatch: the directory holds another run, or files that are not a run.
+  """
+  workdir = Path(config.workdir)
+  if not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir())):
+    return "new"
+  # create=False: run_dir's own checks of an existing directory, without its creation.
+  run_dir.prepare(config, create=False)
+  return "resumed"
+
+
+def check() -> str:
+  """--only_check_args: every check of `run` that needs no training, attack or write.
+
+  Returns:
+    A one-line summary of what the command would do.
+  """
+  _check_dataset(FLAGS.dataset)
+  if FLAGS.mode == "eval":
+    plan = _eval_plan()
+    found = _check_data(plan.config.dataset, [plan.split], plan.data_dir)
+    return (f"--mode=eval of the {plan.config.model} run in {FLAGS.workdir} on "
+            f"{plan.config.dataset} {plan.split} ({found}): {', '.join(plan.rows)}; "
+            f"{plan.norm} eps {plan.eps:.6g}")
+  config = _training_config()
+  state = _workdir_state(config)
+  found = _check_data(config.dataset, [config.train_split, config.test_split], config.data_dir)
+  return (f"{config.dataset} {config.train_split}/{config.test_split} ({found}), "
+          f"{config.model}, defense {config.defense}, objective {config.objective}, "
+          f"{config.epochs} epochs; {state} run directory {config.workdir}")
+
+
 class _QuietCheckpointer(std_logging.Filter):
   """Drops orbax's INFO lines (several per save), keeps its warnings and errors."""
 
@@ -319,14 +475,101 @@ class _QuietCheckpointer(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def main(argv: list[str]) -> None:
-  logging.get_absl_handler().addFilter(_QuietCheckpointer())
+def _fail(message: object) -> NoReturn:
+  """Bad input: one `error:` line on stderr, exit status 2 (1 is a failed sanity check)."""
+  # absl's messages and the library's may hold newlines; the contract is one line.
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(2)
+
+
+def _refuse_arguments(argv: list[str]) -> None:
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+    _fail(f"unexpected arguments {argv[1:]} (every setting is a --flag)")
+
+
+def _use_devices() -> None:
+  # Before anything runs on JAX: the number of CPU devices is fixed when its backend starts.
+  if FLAGS.cpu_devices is not None:
+    parallel.use_cpu_devices(FLAGS.cpu_devices)
+
+
+def main(argv: list[str]) -> None:
+  """absl main: runs the command; bad input ends in one `error:` line and exit status 2."""
+  logging.get_absl_handler().addFilter(_QuietCheckpointer())
+  _refuse_arguments(argv)
   try:
-    if FLAGS.cpu_devices is not None:
-      parallel.use_cpu_devices(FLAGS.cpu_devices)
+    _use_devices()
     run()
-  except (ValueError, FileNotFoundError, CheckpointMismatch) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except _INPUT_ERRORS as e:
+    _fail(e)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags_parser: a bad command line is one `error:` line and exit status 2.
+
+  With --only_check_args it runs `check` and exits: 0 after one `ok:` line, or 2.
+  """
+  try:
+    argv = FLAGS(argv)
+  except flags.CantOpenFlagFileError as e:
+    _fail(str(e).removeprefix("ERROR:: "))  # absl's prefix, not this program's error format
+  except flags.Error as e:
+    _fail(e)
+  _refuse_arguments(argv)
+  if FLAGS.only_check_args:
+    try:
+      _use_devices()
+      summary = check()
+    except _INPUT_ERRORS as e:
+      _fail(e)
+    print(f"ok: {summary}")
+    sys.exit(0)
+  return argv
+
+
+class _HelpFlag(flags.BooleanFlag):
+  """--help, --helpshort: the project's flags by group; --helpfull: every module's. Exit 0."""
+
+  def __init__(self, name: str, short_name: str | None, full: bool) -> None:
+    what = "the flags of the project, absl and the libraries" if full else "the project's flags"
+    # allow_override: takes the place of absl's flag of the same name, which exits 1.
+    super().__init__(name, False, f"show {what} and exit", short_name=short_name,
+                     allow_override=True)
+    self._full = full
+
+  def parse(self, argument: str | bool) -> None:
+    """Prints the help and exits when the flag is set."""
+    if self._parse(argument):
+      print(sys.modules["__main__"].__doc__ or "")
+      print(FLAGS.get_help() if self._full else help_text())
+      sys.exit(0)
+
+
+def help_text(flag_values: flags.FlagValues = FLAGS) -> str:
+  """The project's flags, by group, each with its help and default (--help)."""
+  lines = []
+  for title, names in _HELP_GROUPS:
+    lines += ["", f"{title}:"]
+    for name in names:
+      flag = flag_values[name]
+      text = f"--{'[no]' if flag.boolean else ''}{name}: {flag.help}"
+      if flag.default not in (None, []):
+        text += f" (default: {flag.default_as_str})"
+      lines.append(flags.text_wrap(text, indent="      ", firstline_indent="  "))
+  lines += ["", flags.text_wrap(
+      "--flagfile=FILE reads flags from FILE (which may include others; later flags override "
+      "earlier ones). --only_check_args checks the flags, the components, the run directory and "
+      "the data without running or writing anything. --helpfull lists the flags of absl and the "
+      "libraries too. Exit status: 2 and one `error:` line for bad input, 1 for a failed sanity "
+      "check of --mode=eval.")]
+  return "\n".join(lines)
+
+
+def cli(dataset: str) -> None:
+  """The command line of experiments/<dataset>.py: its flags, --help, the checks, `main`."""
+  define_flags(dataset)
+  app.define_help_flags()  # absl's, which ours then replace (and app.run does not redefine)
+  for name, short_name, full in (("help", "?", False), ("helpshort", None, False),
+                                 ("helpfull", None, True)):
+    flags.DEFINE_flag(_HelpFlag(name, short_name, full))
+  app.run(main, flags_parser=parse_flags)

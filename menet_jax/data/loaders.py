@@ -13,9 +13,12 @@ for mnist, fashion_mnist, cifar10, svhn_cropped and tiny_imagenet. Two back-ends
     looked for in `data_dir`, in `data_dir/<name>` and the usual sub-folders, in
     $MENET_DATA_DIR when `data_dir` is None, and for fashion_mnist in Debian's
     /usr/share/datasets/fashion-mnist (package dataset-fashion-mnist).
-  tfds: `tfds.data_source` (ArrayRecord, random access, no TensorFlow needed to
-    read), downloading into `data_dir` (or TFDS's default) when online.
-    tiny_imagenet is not in the TFDS catalog and is read from files only.
+  tfds: a dataset that tensorflow-datasets has prepared (ArrayRecord, random
+    access, no TensorFlow needed to read) in `data_dir`, or in TFDS's default
+    folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets) when `data_dir` is None.
+    Only `download=True` lets TFDS download and prepare a missing dataset there;
+    without it a missing dataset fails at once, with no network access and
+    nothing written. tiny_imagenet is not in the TFDS catalog: files only.
 
 backend="auto" uses local files when they are there and TFDS otherwise.
 Splits accept TFDS-style slices, e.g. "test[:8000]", "test[8000:]", "train[:10%]".
@@ -28,6 +31,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from absl import logging
@@ -70,17 +74,26 @@ _IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
 def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-         backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+         backend: str = "auto", download: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Loads one split of a dataset.
+
+  Reads only, unless `download` is True: a data directory given to read is never written to.
 
   Args:
     name: one of DATASETS.
     split: a split of the dataset (SPLITS[name]), optionally sliced TFDS-style.
-    data_dir: where the local files are (and where TFDS stores its data).
+    data_dir: where the local files are (and where TFDS keeps its prepared datasets).
     backend: "auto", "files" or "tfds".
+    download: when no local files and no prepared TFDS copy are found, let tensorflow-datasets
+      download and prepare the dataset into `data_dir` (TFDS's default folder when None).
 
   Returns:
     images: (N, H, W, C) uint8; labels: (N,) int32.
+
+  Raises:
+    FileNotFoundError: the split is neither in local files nor prepared by TFDS (and `download`
+      is False), or TFDS failed to download or read it; the message says where it looked and
+      how to get the data.
   """
   validation.choice("name", name, DATASETS)
   validation.choice("backend", backend, BACKENDS)
@@ -88,20 +101,22 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
   validation.choice("split", base, SPLITS[name])
   if data_dir is None and os.environ.get("MENET_DATA_DIR"):
     data_dir = os.environ["MENET_DATA_DIR"]
-  looked = _candidate_dirs(name, data_dir)
-  if backend != "tfds":
-    for root in looked:
-      if _has_files(name, base, root):
-        images, labels = _READERS[name](root, base)
-        lo, hi = _slice_bounds(len(labels), start, stop, split)
-        return images[lo:hi], labels[lo:hi]
+  looked = _candidate_dirs(name, data_dir) if backend != "tfds" else []
+  for root in looked:
+    if _has_files(name, base, root):
+      images, labels = _READERS[name](root, base)
+      lo, hi = _slice_bounds(len(labels), start, stop, split)
+      return images[lo:hi], labels[lo:hi]
+  missing = _Missing(name, split, data_dir, looked, searched_files=backend != "tfds")
   if backend == "files" or name == "tiny_imagenet":
-    raise _not_found(name, split, looked, reason=None)
+    raise missing.error()
+  lookup = _tfds_lookup(name, data_dir)
+  if lookup.prepared is None and not download:
+    raise missing.error(tfds=lookup)
   try:
-    return _load_tfds(name, split, data_dir)
+    return _load_tfds(name, split, lookup)
   except Exception as e:  # noqa: BLE001 - any TFDS failure becomes one clear message
-    raise _not_found(name, split, looked if backend == "auto" else [],
-                     reason=f"tensorflow-datasets failed: {type(e).__name__}: {e}") from e
+    raise missing.error(reason=f"tensorflow-datasets failed: {type(e).__name__}: {e}") from e
 
 
 def _parse_split(split: str) -> tuple[str, str | None, str | None]:
@@ -140,18 +155,59 @@ def _candidate_dirs(name: str, data_dir) -> list[Path]:
   return dirs
 
 
-def _not_found(name: str, split: str, looked: list[Path], reason: str | None) -> FileNotFoundError:
-  lines = [f"dataset {name!r} split {split!r} not found."]
-  if looked:
-    lines.append("Looked for local files in: " + ", ".join(str(d) for d in looked) + ".")
-  else:
-    lines.append("No data_dir given (and $MENET_DATA_DIR unset), so no local files were searched.")
-  lines.append(f"Put there: {_EXPECTED[name]}.")
-  if reason:
-    lines.append(reason)
-  elif name == "tiny_imagenet":
-    lines.append("tiny_imagenet is not in the TFDS catalog; only local files are supported.")
-  return FileNotFoundError(" ".join(lines))
+class _TfdsLookup(NamedTuple):
+  """Where TFDS keeps prepared datasets, and what it holds of one."""
+  prepared: Path | None  # the newest prepared version folder, <root>/<name>/<version>
+  roots: list[Path]  # the data folders searched for it
+  download_dir: Path  # where download=True would download and prepare it
+
+
+class _Missing:
+  """What was looked for, and where, for the one-line error of a split that is not there."""
+
+  def __init__(self, name: str, split: str, data_dir, looked: list[Path], searched_files: bool):
+    self.name, self.split, self.data_dir = name, split, data_dir
+    self.looked, self.searched_files = looked, searched_files
+
+  def error(self, *, tfds: _TfdsLookup | None = None,
+            reason: str | None = None) -> FileNotFoundError:
+    """The FileNotFoundError; `tfds`: the TFDS folders in which no prepared copy was found."""
+    name = self.name
+    lines = [f"dataset {name!r} split {self.split!r} not found."]
+    if self.looked:
+      lines.append("Looked for local files in: " + ", ".join(str(d) for d in self.looked) + ".")
+      lines += self._other_splits()
+    elif self.searched_files:
+      lines.append("No data_dir given (and $MENET_DATA_DIR unset): no local files searched.")
+    if tfds is not None:
+      lines.append("No tensorflow-datasets copy is prepared in "
+                   + ", ".join(str(root / name) for root in tfds.roots)
+                   + " (no <version>/dataset_info.json there).")
+    where = ("a folder given as data_dir (or $MENET_DATA_DIR)" if self.data_dir is None
+             else str(Path(self.data_dir).expanduser()))
+    get = f"To get it: put {_EXPECTED[name]} in {where}"
+    if tfds is not None:
+      get += (f", or pass download=True (command line: --download) to let tensorflow-datasets "
+              f"download and prepare it into {tfds.download_dir} (needs internet and TensorFlow: "
+              f"pip install -r {TFDS_EXTRA})")
+    lines.append(get + ".")
+    if name == "tiny_imagenet":
+      lines.append("tiny_imagenet is not in the TFDS catalog; only local files are supported.")
+    if reason:
+      lines.append(reason)
+    return FileNotFoundError(" ".join(lines))
+
+  def _other_splits(self) -> list[str]:
+    """A hint when a searched folder holds the dataset's other splits (e.g. only MNIST's test)."""
+    base = _parse_split(self.split)[0]
+    for root in self.looked:
+      present = [s for s in SPLITS[self.name] if s != base and _has_files(self.name, s, root)]
+      if present:
+        other, plural = present[0], "s" * (len(present) > 1)
+        return [f"{root} holds only the {', '.join(map(repr, present))} split{plural}: to work "
+                f"offline, split one, e.g. '{other}[:80%]' to train on and '{other}[80%:]' to test "
+                f"on (command line: --train_split='{other}[:80%]' --test_split='{other}[80%:]')."]
+    return []
 
 
 def _first_existing(root: Path, names: list[str]) -> Path | None:
@@ -263,24 +319,49 @@ _READERS = {
 TFDS_EXTRA = "requirements-tfds.txt"
 
 
-def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
+def _tfds_lookup(name: str, data_dir) -> _TfdsLookup:
+  """Finds a version of `name` that TFDS has prepared, from local files only.
+
+  Checks <root>/<name>/<version>/dataset_info.json: unlike building a `tfds.builder`, this reads
+  no metadata from GCS and creates no temporary folder.
+  """
+  # Lazily: the package is unused with local files (its import takes a few tenths of a second).
+  from tensorflow_datasets.core import constants
+  from tensorflow_datasets.core.utils import file_utils
+
+  # data_dir given: that folder only; else TFDS's default folder and any registered ones.
+  roots = [Path(root).expanduser() for root in file_utils.list_data_dirs(data_dir)]
+  found = [(version, root / name / str(version)) for root in roots
+           for version in file_utils.list_dataset_versions(root / name)]
+  download_dir = Path(data_dir if data_dir is not None else constants.DATA_DIR).expanduser()
+  return _TfdsLookup(max(found)[1] if found else None, roots, download_dir)
+
+
+def _load_tfds(name: str, split: str, tfds_lookup: _TfdsLookup) -> tuple[np.ndarray, np.ndarray]:
+  """Reads the prepared copy, or (none prepared) downloads and prepares it first."""
   import tensorflow_datasets as tfds  # imported lazily: slow, and unused offline
 
-  try:
-    # ArrayRecord is the format tfds.data_source reads; with TensorFlow installed TFDS would
-    # otherwise prepare TFRecord files, which it cannot read by index.
-    source = tfds.data_source(name, split=split,
-                              data_dir=None if data_dir is None else str(data_dir),
-                              builder_kwargs={"file_format": "array_record"})
-  except ModuleNotFoundError as e:
-    if e.name != "tensorflow":
-      raise
-    # Reading a prepared dataset needs no TensorFlow, but preparing one does: every TFDS builder
-    # of these datasets reads the downloaded files with tf.io.gfile.
-    raise ModuleNotFoundError(
-        f"preparing {name!r} with tensorflow-datasets needs TensorFlow, which the pinned "
-        f"environment leaves out (it is only needed to prepare a download): pip install -r "
-        f"{TFDS_EXTRA}, or pip install tensorflow-cpu", name="tensorflow") from e
+  if tfds_lookup.prepared is not None:
+    source = tfds.builder_from_directory(str(tfds_lookup.prepared)).as_data_source(split=split)
+  else:
+    target = tfds_lookup.download_dir
+    logging.warning("%s: no local files and no prepared tensorflow-datasets copy, and "
+                    "download=True: tensorflow-datasets downloads it into %s and prepares it "
+                    "in %s.", name, target / "downloads", target / name)
+    try:
+      # ArrayRecord is the format tfds.data_source reads; with TensorFlow installed TFDS would
+      # otherwise prepare TFRecord files, which it cannot read by index.
+      source = tfds.data_source(name, split=split, data_dir=str(target),
+                                builder_kwargs={"file_format": "array_record"})
+    except ModuleNotFoundError as e:
+      if e.name != "tensorflow":
+        raise
+      # Reading a prepared dataset needs no TensorFlow, but preparing one does: every TFDS
+      # builder of these datasets reads the downloaded files with tf.io.gfile.
+      raise ModuleNotFoundError(
+          f"preparing {name!r} with tensorflow-datasets needs TensorFlow, which the pinned "
+          f"environment leaves out (it is only needed to prepare a download): pip install -r "
+          f"{TFDS_EXTRA}, or pip install tensorflow-cpu", name="tensorflow") from e
   n = len(source)
   if n == 0:
     raise ValueError(f"TFDS returned no examples for {name} {split}")

@@ -137,10 +137,11 @@ def test_tfds_backend_with_mock_data(tmp_path, monkeypatch, name, shape):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tfds_tmp"))
   (tmp_path / "tfds_tmp").mkdir()
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-    images, labels = data.load(name, "train", backend="tfds")
+    images, labels = data.load(name, "train", backend="tfds", download=True)
     # With no local files under data_dir (nor Debian's copy, for fashion_mnist),
     # "auto" falls through to TFDS.
-    auto_images = None if name == "fashion_mnist" else data.load(name, "train", tmp_path)[0]
+    auto_images = (None if name == "fashion_mnist"
+                   else data.load(name, "train", tmp_path, download=True)[0])
   assert images.shape == (6,) + shape and images.dtype == np.uint8
   assert labels.dtype == np.int32 and labels.shape == (6,) and 0 <= labels.min() <= labels.max() < 10
   if auto_images is not None:
@@ -196,10 +197,11 @@ def _fake_sources(root, name, rng):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "svhn_cropped"])
 def test_tfds_downloads_and_prepares_up_to_the_network(tmp_path, monkeypatch, name):
-  # The whole TFDS path that an online user without local files takes: builder,
-  # download_and_prepare (the dataset's own parsing code, ArrayRecord writing), data_source
-  # reading. Only the network is replaced: the download manager hands the builder local
-  # copies of the published files, holding a few random images.
+  # The whole TFDS path that an online user without local files takes with download=True:
+  # builder, download_and_prepare (the dataset's own parsing code, ArrayRecord writing),
+  # data_source reading; then download=False reading the prepared copy. Only the network is
+  # replaced: the download manager hands the builder local copies of the published files,
+  # holding a few random images.
   import tempfile
 
   import tensorflow_datasets as tfds
@@ -220,13 +222,23 @@ def test_tfds_downloads_and_prepares_up_to_the_network(tmp_path, monkeypatch, na
 
   monkeypatch.setattr(tfds.download.DownloadManager, "download", local_copy)
   monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", local_copy)
+  tfds_dir = tmp_path / "tfds"
+  # Preparing writes every split; the second load reads the prepared copy.
+  loaded = {split: data.load(name, split, tfds_dir, backend="tfds", download=True)
+            for split in ("train", "test")}
+  assert fetched, "the builder downloaded nothing"
+  # Prepared: download=False reads it (auto: no local files there), touching nothing.
+  watched = (tfds_dir, tmp_path / "tfds_tmp")
+  before, n_fetched = [_tree(folder) for folder in watched], len(fetched)
   for split in ("train", "test"):
-    images, labels = data.load(name, split, tmp_path / "tfds", backend="tfds")
+    images, labels = data.load(name, split, tfds_dir)
+    np.testing.assert_array_equal(images, loaded[split][0])
+    np.testing.assert_array_equal(labels, loaded[split][1])
     # TFDS stores a split in its own (hashed) order, not the files' order.
     expected = {im.tobytes(): label for im, label in zip(*splits[split])}
     assert images.dtype == np.uint8 and images.shape == splits[split][0].shape
     assert {im.tobytes(): label for im, label in zip(images, labels)} == expected
-  assert fetched, "the builder downloaded nothing"
+  assert len(fetched) == n_fetched and [_tree(folder) for folder in watched] == before
 
 
 # A Python without TensorFlow: site-packages seen through a folder of links to every entry
@@ -243,7 +255,7 @@ import tensorflow_datasets as tfds
 from menet_jax import data
 tfds.download.DownloadManager.download_and_extract = lambda self, urls: {k: "/nowhere" for k in urls}
 try:
-  data.load("mnist", "test", sys.argv[2], backend="tfds")
+  data.load("mnist", "test", sys.argv[2], backend="tfds", download=True)
 except FileNotFoundError as e:
   print("ERROR:", e)
 """
@@ -254,6 +266,92 @@ def test_tfds_preparation_without_tensorflow_names_the_package(tmp_path):
                      what="TFDS without TensorFlow")
   message = out[out.index("ERROR:"):]
   assert "needs TensorFlow" in message and data.TFDS_EXTRA in message
+
+
+def _tree(root):
+  """{path: (size, mtime)} of `root` and everything under it: what a write would change."""
+  from pathlib import Path
+  root = Path(root)
+  return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+          for p in [root, *root.rglob("*")]}
+
+
+# The missing-data cases of the issue, offline: every load must fail at once, reaching for no
+# network (a connection attempt raises and is counted) and writing nothing. argv[1]: JSON list
+# of (name, split, data_dir or None); prints one JSON line per case.
+MISSING_OFFLINE = """
+import json, socket, sys, time
+attempts = []
+def no_network(*args, **kwargs):
+  attempts.append(repr(args[:2]))
+  raise OSError("network access from a test that must stay offline")
+socket.getaddrinfo = no_network
+socket.socket.connect = no_network
+from menet_jax import data
+for name, split, data_dir in json.loads(sys.argv[1]):
+  start = time.monotonic()
+  try:
+    data.load(name, split, data_dir)
+    message = None
+  except FileNotFoundError as e:
+    message = str(e)
+  print("CASE", json.dumps(dict(seconds=time.monotonic() - start, message=message,
+                                network=attempts[:])))
+"""
+
+
+def test_missing_dataset_fails_at_once_offline_and_writes_nothing(tmp_path, monkeypatch, rng):
+  import json
+  empty, mnist_test_only = tmp_path / "empty", tmp_path / "mnist_test_only"
+  empty.mkdir()
+  mnist_test_only.mkdir()
+  _write_idx(mnist_test_only / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 28, 28)), True)
+  _write_idx(mnist_test_only / "t10k-labels-idx1-ubyte.gz", np.arange(5), True)
+  cases = [("cifar10", "test", str(empty)), ("mnist", "train", str(mnist_test_only)),
+           ("cifar10", "train", None)]
+  # The offline copy: its MNIST folder holds the test set only (the issue's README command).
+  if (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+    cases.append(("mnist", "train", str(DATA_DIR)))
+  # data_dir=None reads TFDS's default folder, ~/tensorflow_datasets; TMPDIR catches the
+  # temporary folders TFDS makes when it builds a dataset from code.
+  home, tmp = tmp_path / "home", tmp_path / "tmp"
+  home.mkdir()
+  tmp.mkdir()
+  for key, value in (("HOME", home), ("TMPDIR", tmp)):
+    monkeypatch.setenv(key, str(value))
+  for key in ("TFDS_DATA_DIR", "MENET_DATA_DIR"):
+    monkeypatch.delenv(key, raising=False)
+  # Read-only as in CI; root ignores the mode bits, so the snapshots are what prove it.
+  watched = [empty, mnist_test_only, home, tmp] + [DATA_DIR] * (len(cases) == 4)
+  for folder in (empty, mnist_test_only):
+    folder.chmod(0o555)
+  before = [_tree(folder) for folder in watched]
+  try:
+    out = watchdog.run(["-c", MISSING_OFFLINE, json.dumps(cases)], timeout=60,
+                       what="loading missing datasets offline")
+  finally:
+    for folder in (empty, mnist_test_only):
+      folder.chmod(0o755)
+  results = [json.loads(line.removeprefix("CASE ")) for line in out.splitlines()
+             if line.startswith("CASE ")]
+  assert len(results) == len(cases), out
+  for (name, split, data_dir), result in zip(cases, results):
+    message = result["message"]
+    assert message is not None, f"{name} {split} from {data_dir} loaded"
+    assert result["seconds"] < 5, f"{name} {split}: {result['seconds']:.1f} s to fail"
+    assert "\n" not in message and f"dataset {name!r} split {split!r} not found" in message
+    tfds_root = data_dir or str(home / "tensorflow_datasets")
+    assert f"No tensorflow-datasets copy is prepared in {tfds_root}/{name}" in message
+    assert "download=True (command line: --download)" in message
+    assert f"prepare it into {tfds_root} " in message
+  assert results[-1]["network"] == []
+  assert "cifar-10-batches-py" in results[0]["message"] and str(empty) in results[0]["message"]
+  for mnist in [result for case, result in zip(cases, results) if case[0] == "mnist"]:
+    assert "train-images-idx3-ubyte.gz" in mnist["message"]
+    assert "holds only the 'test' split" in mnist["message"]
+    assert "'test[:80%]' to train on and 'test[80%:]'" in mnist["message"]
+  assert "No data_dir given" in results[2]["message"]
+  assert [_tree(folder) for folder in watched] == before
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):

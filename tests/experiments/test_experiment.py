@@ -136,9 +136,10 @@ def test_cli_errors_are_one_line_and_create_nothing(tmp_path, args, match):
   workdir = tmp_path / "run"
   proc = _run([f"--workdir={workdir}", f"--data_dir={tmp_path}", "--cache_dir", str(tmp_path),
                *args], tmp_path, devices=4)
-  assert proc.returncode != 0
+  assert proc.returncode == 2, proc.stderr[-2000:]
   assert match in proc.stderr, proc.stderr[-2000:]
-  assert len(_error_lines(proc)) == 1, proc.stderr[-2000:]
+  lines = _error_lines(proc)
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
   assert not workdir.exists()
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
 

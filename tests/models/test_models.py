@@ -341,3 +341,28 @@ def test_a_model_may_prescribe_its_own_normalisation():
   assert models.normalization_of("ride_mnist_cnn", "mnist") == ((0.1307,), (0.3081,))
   assert models.normalization_of("lenet", "mnist") == ((0.0,), (1.0,))
   assert models.normalization_of("small_cnn", "cifar10") == models.NORMALIZATION["cifar10"]
+
+
+@pytest.mark.parametrize("name, shape", [("small_cnn", (2, 32, 32, 3)),
+                                         ("er_mnist(width=8)", (2, 28, 28, 1))])
+def test_float64_model_keeps_every_value_in_float64(name, shape):
+  # The float64 reference runs of tests/training/test_parallel.py: under jax_enable_x64 a model
+  # of compute dtype float64 gets float64 variables (training.state.init_variables) and returns
+  # float64 logits; the same weights in float32 give the same logits to float32 rounding
+  # (sums of at most 3 x 3 x 64 = 576 terms: <= 576 u = 3.4e-5 relative, worst case).
+  from menet_jax.training import state as state_lib  # noqa: PLC0415 - training sits above models
+
+  x = np.random.default_rng(0).uniform(0, 1, shape)
+  with jax.enable_x64(True):
+    spec = name.rstrip(")") + (", " if "(" in name else "(") + "dtype=float64)"
+    model = models.create(spec, num_classes=10, mean=(0.5,), std=(0.25,))
+    variables = state_lib.init_variables(model, jax.random.key(0), shape[1:], train=False)
+    assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float64)}
+    logits = model.apply(variables, jnp.asarray(x), train=False)
+    assert logits.dtype == jnp.float64
+  single = models.create(name, num_classes=10, mean=(0.5,), std=(0.25,))
+  ref = single.apply(jax.tree.map(lambda a: np.asarray(a, np.float32), variables),
+                     jnp.asarray(x, jnp.float32), train=False)
+  assert ref.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(logits), ref, rtol=0,
+                             atol=1e-4 * float(np.abs(logits).max()))
