@@ -69,6 +69,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from menet_jax.data import input_pipeline
 from menet_jax.utils import dicts, parallel, validation
 from menet_jax.utils.atomic_write import atomic_write
 
@@ -407,7 +408,9 @@ def _compiled(transform: Callable, devices: tuple[jax.Device, ...]) -> Callable:
   def chunk(key, draw_ids, image_ids, images, level):
     keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(key, i), j))(
         draw_ids, image_ids)
-    x = images.astype(jnp.float32) / 255
+    # float32, or float64 under jax_enable_x64 (a float64 reference run quantises a float64
+    # transform, so that its draws do not hinge on float32 rounding at a .5 of 1/255).
+    x = input_pipeline.to_float(images)
     out = transform(keys, x, level)
     if out.shape != x.shape:
       raise ValueError(f"transform must return an array of the shape of x {x.shape}, got "

@@ -39,6 +39,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -193,15 +194,21 @@ class Checkpoints:
     return self._restore(self._best, None if self._best_record is None else self._best_record[0],
                          target)
 
-  def restore_tree(self, which: str = "last") -> tuple[int, PyTree]:
+  def restore_tree(self, which: str | int = "last") -> tuple[int, PyTree]:
     """(step, the saved state as nested dicts of arrays), restored without a target.
 
     For inference, which needs the classifier's variables and nothing that
     would build the optimizer; the config is still checked.
 
     Args:
-      which: "last" (the newest checkpoint) or "best".
+      which: "last" (the newest checkpoint), "best", or the step of a kept checkpoint.
     """
+    if isinstance(which, int) and not isinstance(which, bool):
+      kept = self._last.all_steps()
+      if which not in kept:
+        raise ValueError(f"which: no checkpoint of step {which} in {self._last.directory}; "
+                         f"kept: {sorted(kept)}")
+      return which, self._restore(self._last, which, None)
     validation.choice("which", which, ("last", "best"))
     if which == "last":
       manager, step = self._last, self._last.latest_step()
@@ -240,10 +247,18 @@ class Checkpoints:
     if self._normalize is not None:
       stored_config = json.loads(json.dumps(self._normalize(stored_config)))
     _check_config(stored_config, self._config, self._ignore, where)
+    stored_tree = manager.item_metadata(step)["state"].tree
     if target is not None:
       # Checked here because orbax reads arrays before it notices a mismatch, and
       # fails with a long traceback that leaves its reads running.
-      _check_tree(manager.item_metadata(step)["state"].tree, target, where)
+      _check_tree(stored_tree, target, where)
+    else:
+      # Without a target orbax would restore the arrays onto the devices they were saved from,
+      # and refuses when this process has others (a run trained on 4 devices, read on 1).
+      # One local device holds them; callers place them from there.
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            stored_tree)
     args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
     return manager.restore(step, args=args)["state"]
 

@@ -80,7 +80,10 @@ def _cached_draws(config: Config, defense: Defense, images: np.ndarray, split: s
               "split_size": len(images), "purpose": purpose, "defense": defense.spec(),
               "seed": config.seed, "code_version": menet_jax.__version__,
               "process_index": jax.process_index(), "process_count": jax.process_count(),
-              "shard": [int(shard[0]), int(shard[-1]) + 1]}
+              "shard": [int(shard[0]), int(shard[-1]) + 1],
+              # The transform runs in float64 under x64 (cache.build): other draws. Only then
+              # is it named, so that the caches of float32 runs keep their keys.
+              **({"precision": "float64"} if jax.config.jax_enable_x64 else {})}
   return cache_lib.build(images=images[shard], indices=shard, levels=levels,
                          transform=defense.transform, key=key, manifest=manifest,
                          cache_dir=_cache_dir(config), progress=progress,

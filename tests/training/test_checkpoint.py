@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from menet_jax.training.checkpoint import CheckpointMismatch, Checkpoints
+from tests import watchdog
 
 CONFIG = {"model": "resnet20", "lr": 0.1, "widths": (16, 32), "num_steps": 100}
 
@@ -54,6 +55,13 @@ def test_keeps_the_last_k(tmp_path):
     _assert_trees_equal(ckpts.restore(_state(0)), _state(30))
     with pytest.raises(ValueError, match="step must not be below the latest saved step 30, got 25"):
       ckpts.save(25, _state(25))
+    # Any kept step can be read back as a tree; a step not kept is named with what is.
+    step, tree = ckpts.restore_tree(20)
+    assert step == 20
+    np.testing.assert_array_equal(tree["params"]["dense"]["bias"],
+                                  _state(20)["params"]["dense"]["bias"])
+    with pytest.raises(ValueError, match=r"no checkpoint of step 10 .* kept: \[20, 30\]"):
+      ckpts.restore_tree(10)
 
 
 def test_keeps_only_the_best(tmp_path):
@@ -182,3 +190,25 @@ def test_bad_accuracy(tmp_path, accuracy, match):
   with Checkpoints(tmp_path, config=CONFIG) as ckpts:
     with pytest.raises(ValueError, match=match):
       ckpts.save_best(0, _state(0), accuracy)
+
+
+SAVE_ON_FOUR_DEVICES = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from menet_jax.training.checkpoint import Checkpoints
+assert jax.device_count() == 4
+replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec())
+with Checkpoints(sys.argv[1], config={"model": "m"}) as ckpts:
+  ckpts.save(3, {"params": {"w": jax.device_put(jnp.arange(8.0), replicated)}})
+"""
+
+
+def test_a_checkpoint_saved_on_four_devices_reads_on_one(tmp_path):
+  # A run trained on 4 devices, evaluated in a 1-device process: restoring without a target
+  # must not ask for the devices it was saved from.
+  watchdog.run(["-c", SAVE_ON_FOUR_DEVICES, tmp_path], devices=4, timeout=120,
+               what="a save on 4 devices")
+  with Checkpoints(tmp_path, config={"model": "m"}) as ckpts:
+    step, tree = ckpts.restore_tree()
+  assert step == 3
+  np.testing.assert_array_equal(np.asarray(tree["params"]["w"]), np.arange(8.0))
