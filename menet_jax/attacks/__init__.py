@@ -8,7 +8,8 @@ from menet_jax.attacks.losses import cross_entropy, cw_margin, dlr, margin
 from menet_jax.attacks.pgd import NORMS, fgsm, max_radius, pgd, project_l2, project_linf
 from menet_jax.attacks.projected import projected_pgd, subspace_projector
 from menet_jax.attacks.spsa import spsa
+from menet_jax.attacks.square import square
 
 __all__ = ["NORMS", "apgd", "boundary", "cross_entropy", "cw_l2", "cw_margin", "dlr", "eot", "fgsm",
            "fresh_draws", "margin", "max_radius", "pgd", "project_l2", "project_linf",
-           "projected_pgd", "spsa", "subspace_projector"]
+           "projected_pgd", "spsa", "square", "subspace_projector"]

@@ -304,6 +304,15 @@ def _spsa(ctx, key, x, y, *, samples: int = 2048, steps: int = 100, lr: float = 
                       steps=steps, samples=samples, lr=lr, delta=delta)
 
 
+@register("square", threat=Threat("score-based", "square", "margin", random=True),
+          description="Square attack: random search over the eps-ball's vertices on the margin "
+                      "of the defended scores (`queries` forward passes, a fresh draw each)")
+def _square(ctx, key, x, y, *, queries: int = 5000, p_init: float = 0.8):
+  k_search, k_draws = jax.random.split(key)
+  return attacks.square(_fresh(ctx.defended, attacks.margin, y, k_draws), k_search, x,
+                        eps=ctx.eps, queries=queries, p_init=p_init)
+
+
 @register("boundary", threat=Threat("decision-based", "boundary", "decision", random=True,
                                     norms=attacks.NORMS),
           description="Boundary attack on the defended decisions (`steps` proposals), its "

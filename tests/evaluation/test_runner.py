@@ -134,7 +134,7 @@ def test_every_registered_attack_runs_through_a_defense_within_eps():
   y = np.arange(4)
   small = {"bpda_eot": "samples=2, chunk=2", "apgd_ce": "samples=2", "apgd_dlr": "samples=2",
            "projected_bpda": "rank=2", "spsa": "samples=4, steps=2", "boundary": "steps=3",
-           "cw_l2": "steps=2, binary_steps=1"}
+           "cw_l2": "steps=2, binary_steps=1", "square": "queries=20"}
   # Under l2, one attack per code path (PGD's l2 step and its best-iterate variant, the
   # Boundary attack's l2 projection, CW); the transfer and margin variants share pgd's.
   l2_paths = ("pgd", "bpda_eot", "boundary", "cw_l2")
