@@ -52,12 +52,13 @@ from menet_jax import data, evaluation, models
 from menet_jax.attacks import cross_entropy
 from menet_jax.defenses import MENet
 from menet_jax.training.config import Config
+from menet_jax.training.state import init_variables
 from tests.conftest import DATA_DIR
 images, labels = data.load("cifar10", "test[:16]", DATA_DIR)
 x = jnp.asarray(images, jnp.float64) / 255
 defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
 net = models.create("small_cnn(dtype=float64)", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
-variables = jax.tree.map(lambda v: v.astype(jnp.float64), net.init(jax.random.key(0), x[:2], train=False))
+variables = init_variables(net, jax.random.key(0), x.shape[1:], train=False)
 restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
                                config=Config.for_dataset("cifar10", workdir="w"), checkpoint="",
                                step=0)
