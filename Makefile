@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 OUT_DIR ?= out/demo
 
-.PHONY: demo figures test bench clean
+.PHONY: demo demo-standard figures test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ $(VENV)/.dev-installed: requirements-dev.txt requirements-tfds.txt $(VENV)/.inst
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.dev-installed
+$(VENV)/.bench-installed: requirements-bench.txt requirements-reference.txt $(VENV)/.dev-installed
 	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-reference.txt
 	touch $@
 
 # The quick CIFAR-10 run: build the ME training set, train the small CNN, report clean
@@ -31,6 +32,11 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m experiments.cifar10 --flagfile=experiments/flags/quick.flags --data_dir=$(DATA_DIR)
 	$(BIN)/python -m experiments.cifar10 --flagfile=experiments/flags/quick.flags --data_dir=$(DATA_DIR) \
 	  --flagfile=experiments/flags/eval/quick.flags
+
+# AutoAttack's ensemble (the "auto" preset) on the quick run of `make demo`, with its figure.
+demo-standard: demo
+	$(BIN)/python -m experiments.cifar10 --flagfile=experiments/flags/quick.flags --data_dir=$(DATA_DIR) \
+	  --flagfile=experiments/flags/eval/quick_standard.flags
 
 figures: $(VENV)/.installed
 	$(BIN)/python -m experiments.reconstruct_demo --data_dir=$(DATA_DIR) --out_dir=$(OUT_DIR)

@@ -23,6 +23,7 @@ images x steps per second from the median pass / median reference step.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -87,8 +88,8 @@ def main(argv):
   for name in _METHODS.value:
     defense = defenses.MENet.create(method=name, startp=_P.value, endp=_P.value, mask_num=1,
                                     **PARAMS.get(name, {}))
-    restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
-                                   config=config, checkpoint="", step=0)
+    restored = evaluation.Target(apply_fn=functools.partial(net.apply, train=False),
+                                 variables=variables, defense=defense)
     attack = suite.ATTACKS.lookup(f"bpda_pgd(steps={_STEPS.value})")
 
     @jax.jit

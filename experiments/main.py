@@ -39,13 +39,13 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from menet_jax import attacks, data, defenses, evaluation, models
+from menet_jax import data, defenses, evaluation, models
 from menet_jax.evaluation import report, suite
 from menet_jax.reconstruct import masks, registry
 from menet_jax.training import config as config_lib
 from menet_jax.training import loop, objectives, run_dir
 from menet_jax.training.checkpoint import CheckpointMismatch
-from menet_jax.utils import machine, parallel, validation
+from menet_jax.utils import machine, parallel, plugins, validation
 from menet_jax.utils.registry import split_list
 
 FLAGS = flags.FLAGS
@@ -126,7 +126,12 @@ def _define_run_flags(dataset: str, fv: dict[str, Any]) -> None:
   flags.DEFINE_string("test_split", None, "Test split, e.g. test.", **fv)
   flags.DEFINE_integer("seed", 0, "Seed of every random draw of the run.", **fv)
   flags.DEFINE_integer("log_every", 50, "Steps between metric writes.", **fv)
-  flags.DEFINE_bool("progress", True, "Progress bars on the console.", **fv)
+  flags.DEFINE_bool("progress", True, "Progress bars on the console (a log line every half "
+                    "minute when not on a terminal).", **fv)
+  flags.DEFINE_multi_string("import", [], "Plug-in module registering defenses, attacks, models "
+                            "or objectives: a dotted name on sys.path or a .py file "
+                            "(repeatable). A run records them; evaluating it imports them.",
+                            **fv)
 
 
 def _define_defense_flags(dataset: str, fv: dict[str, Any]) -> None:
@@ -179,31 +184,39 @@ def _define_training_flags(dataset: str, fv: dict[str, Any]) -> None:
 
 def _define_eval_flags(dataset: str, fv: dict[str, Any]) -> None:
   del dataset  # the dataset is the trained run's
-  flags.DEFINE_string("attacks", "clean,pgd,bpda_pgd",
-                      "Comma-separated attacks, each name, name(k=v,...) or name@s1/s2 (steps); "
+  defaults = evaluation.EvalConfig()
+  flags.DEFINE_string("attacks", ",".join(defaults.attacks),
+                      "Comma-separated attacks, each name, name(k=v,...) or name@s1/s2 (steps), "
+                      "or a preset: auto (AutoAttack's rand version for a randomized defense, "
+                      "standard otherwise), standard, rand; "
                       f"{_known(suite.names())}.", **fv)
-  flags.DEFINE_list("attack_steps", ["7", "20", "40"],
+  flags.DEFINE_list("attack_steps", [str(s) for s in defaults.attack_steps],
                     "Steps of the iterative attacks whose entry sets none.", **fv)
   flags.DEFINE_integer("eval_images", 1000, "The first N images of the test split.", **fv)
-  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "The threat model's norm.", **fv)
+  flags.DEFINE_enum("norm", defaults.norm, ["linf", "l2"], "The threat model's norm.", **fv)
   _define_radius("eps", None, "Radius in --norm; l-inf default: the dataset's PGD eps; l2 "
                  "(pixel units, |x_adv - x|_2 with pixels in [0, 1]) has no default.", fv)
   _define_radius("step_size", None, "Default step of the attacks (default: the dataset's PGD "
                  "step; under l2, eps / 4).", fv)
-  flags.DEFINE_integer("restarts", 1, "Random restarts (robust = survives all).", **fv)
-  flags.DEFINE_integer("defense_draws", 10,
-                       "Draws of the defense's randomness judging each example.", **fv)
+  flags.DEFINE_integer("restarts", defaults.restarts, "Random restarts (robust = survives all).",
+                       **fv)
+  flags.DEFINE_integer("defense_draws", defaults.draws,
+                       "Draws of a randomized defense's randomness judging each example (a "
+                       "deterministic defense is judged once).", **fv)
+  flags.DEFINE_bool("cascade", defaults.cascade, "Attack each image only while it is still "
+                    "robust, as AutoAttack does (default: on for a preset).", **fv)
   flags.DEFINE_string("source_workdir", None,
                       "Run directory of the independently trained copy (transfer_*).", **fv)
   flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "Which checkpoint.", **fv)
-  flags.DEFINE_integer("eval_seed", 0, "Seed of the attacks and the defense's draws.", **fv)
+  flags.DEFINE_integer("eval_seed", defaults.seed, "Seed of the attacks and the defense's draws.",
+                       **fv)
   flags.DEFINE_string("eval_name", "eval", "Report name, <workdir>/eval/<name>.md.", **fv)
-  flags.DEFINE(_RadiusListParser(), "sanity_eps",
-               ["0", "0.0078431", "0.0313725", "0.0627451", "0.5"],
+  flags.DEFINE(_RadiusListParser(), "sanity_eps", defaults.sanity_eps,
                "Radii of the BPDA-PGD sanity sweep in --norm, each a number or a fraction "
-               "(empty: none; under l2 the default is 0, eps, 2 eps and 0.5 sqrt(pixels)).",
+               "(default: 0, eps/4, eps, 2 eps and half the largest distance, those within "
+               "reach; an empty value: none).",
                serializer=flags.ListSerializer(","), **fv)
-  flags.DEFINE_integer("sanity_images", 100,
+  flags.DEFINE_integer("sanity_images", defaults.sanity_images,
                        "Images of the sanity checks (at most --eval_images are used).", **fv)
   flags.DEFINE_bool("allow_failed_checks", False,
                     "Exit 0 even when a sanity check fails (the report says so).", **fv)
@@ -252,6 +265,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Confi
             "weight_decay", "augment", "seed", "checkpoint_every", "keep_checkpoints",
             "eval_batch_size", "log_every", "progress")
   values = {name: fv[name].value for name in fields}
+  values["imports"] = tuple(fv["import"].value)
   if fv.lr_boundaries is not None:
     try:
       values["lr_boundaries"] = tuple(int(b) for b in fv.lr_boundaries if b)
@@ -281,11 +295,7 @@ def _numbers(name: str, items: list[str], kind: type) -> list:
 class _EvalPlan:
   """What --mode=eval will do, every part of it checked; nothing loaded or run yet."""
   config: config_lib.Config  # the trained run's
-  rows: list[str]
-  norm: str
-  eps: float
-  step_size: float
-  sanity_eps: list[float]
+  plan: evaluation.Plan
   split: str
   data_dir: str | None
   defense_overrides: dict[str, Any]
@@ -295,70 +305,68 @@ def _eval_plan() -> _EvalPlan:
   """The evaluation the flags ask for, validated before any data or checkpoint is read."""
   if FLAGS.distributed or jax.process_count() > 1:
     raise ValueError("--mode=eval runs in one process (on all of its local devices)")
-  steps = [validation.integer_in("attack_steps", s, 1)
-           for s in _numbers("attack_steps", FLAGS.attack_steps, int)]
-  norm = FLAGS.norm
-  rows = suite.parse_attacks(split_list(FLAGS.attacks), steps, norm)
-  if norm == "l2" and FLAGS.eps is None:
-    raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
-  # Under l-inf every radius is known before the run's dataset; under l2 the bound
-  # (sqrt(pixels)) is checked once it is.
-  sanity_eps = [validation.number_in("sanity_eps", e, 0.0, 1.0 if norm == "linf" else math.inf)
-                for e in FLAGS.sanity_eps]
-  for name in ("eval_images", "sanity_images", "restarts", "defense_draws", "eval_batch_size"):
+  for name in ("eval_images", "eval_batch_size"):
     validation.integer_in(name, FLAGS[name].value, 1)
   parallel.check_batch("eval_batch_size", FLAGS.eval_batch_size)
-  config = evaluation.read_config(FLAGS.workdir)
+  if FLAGS.norm == "l2" and FLAGS.eps is None:
+    raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
+  evaluation.load_plugins(FLAGS.workdir)  # the run's plug-ins may define the attacks named
+  # What can be checked before the run is read: the attack entries (for either kind of
+  # defense, where a preset depends on it), the steps, the radii's signs.
+  steps = [validation.integer_in("attack_steps", s, 1)
+           for s in _numbers("attack_steps", FLAGS.attack_steps, int)]
+  for randomized in (False, True):
+    suite.parse_attacks(split_list(FLAGS.attacks), steps, FLAGS.norm, randomized)
+  for e in FLAGS.sanity_eps or ():
+    validation.number_in("sanity_eps", e, 0.0, 1.0 if FLAGS.norm == "linf" else math.inf)
+  config = evaluation.read_config(FLAGS.workdir)  # imports the plug-ins the run recorded
   _check_dataset(config.dataset)
   pgd = config_lib.pgd_defaults(config.dataset)
-  largest = attacks.max_radius(norm, config.image_shape())
-  eps = validation.number_in("eps", FLAGS.eps if FLAGS.eps is not None else pgd["eps"], 0.0,
-                             largest)
-  default_step = pgd["step_size"] if norm == "linf" else eps / 4
-  step_size = validation.number_in(
-      "step_size", FLAGS.step_size if FLAGS.step_size is not None else default_step, 0.0,
-      largest, lo_open=True)
-  if norm == "l2" and not FLAGS["sanity_eps"].present:
-    sanity_eps = [0.0, eps, 2 * eps, 0.5 * largest]
-  sanity_eps = [validation.number_in("sanity_eps", e, 0.0, largest) for e in sanity_eps]
   overrides = {k: FLAGS[k].value for k in ("inference", "votes") if FLAGS[k].present}
   # The defense in front of the classifier, built (not run) so that a bad component string
   # fails here and not after the data and the checkpoint are read.
-  defenses.create(FLAGS.defense if FLAGS["defense"].present else config.defense,
-                  **overrides).check(config.image_shape())
+  defense = defenses.create(FLAGS.defense if FLAGS["defense"].present else config.defense,
+                            **overrides)
+  defense.check(config.image_shape())
+  settings = evaluation.EvalConfig(
+      attacks=tuple(split_list(FLAGS.attacks)), norm=FLAGS.norm,
+      eps=FLAGS.eps if FLAGS.eps is not None else pgd["eps"],
+      step_size=FLAGS.step_size if FLAGS.step_size is not None else
+      (pgd["step_size"] if FLAGS.norm == "linf" else None),
+      attack_steps=tuple(steps),
+      restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
+      batch_size=FLAGS.eval_batch_size,
+      sanity_eps=None if FLAGS.sanity_eps is None else tuple(FLAGS.sanity_eps),
+      sanity_images=FLAGS.sanity_images, cascade=FLAGS.cascade, progress=FLAGS.progress)
+  plan = settings.checked(config.image_shape(), defense.randomized)
   if FLAGS.source_workdir:
     source = evaluation.read_config(FLAGS.source_workdir)
     if source.dataset != config.dataset:
       raise ValueError(f"source_workdir holds a {source.dataset} model, the target a "
                        f"{config.dataset} one")
-  return _EvalPlan(config=config, rows=rows, norm=norm, eps=eps, step_size=step_size,
-                   sanity_eps=sanity_eps, split=FLAGS.test_split or config.test_split,
+  return _EvalPlan(config=config, plan=plan, split=FLAGS.test_split or config.test_split,
                    data_dir=FLAGS.data_dir or config.data_dir, defense_overrides=overrides)
 
 
 def run_eval() -> tuple[dict[str, Any], list[str]]:
   """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
-  plan = _eval_plan()
-  config, split = plan.config, plan.split
-  images, labels = data.load(config.dataset, split, plan.data_dir, download=FLAGS.download)
+  checked = _eval_plan()
+  config, split, plan = checked.config, checked.split, checked.plan
+  images, labels = data.load(config.dataset, split, checked.data_dir, download=FLAGS.download)
   n = validation.integer_in("eval_images", FLAGS.eval_images, 1, len(images))
   images, labels = images[:n].astype(np.float32) / 255.0, labels[:n]
   restored = evaluation.load(FLAGS.workdir, FLAGS.checkpoint,
                              defense=FLAGS.defense if FLAGS["defense"].present else None,
-                             **plan.defense_overrides)
+                             **checked.defense_overrides)
   source = evaluation.load(FLAGS.source_workdir, FLAGS.checkpoint) if FLAGS.source_workdir \
       else None
   settings = {"run": str(Path(FLAGS.workdir).absolute()), "checkpoint": restored.checkpoint,
-              "split": split, "images": n, "seed": FLAGS.eval_seed, "restarts": FLAGS.restarts,
-              "draws": FLAGS.defense_draws, "batch_size": FLAGS.eval_batch_size,
+              "split": split, "images": n, "seed": plan.seed, "restarts": plan.restarts,
+              "draws": plan.draws, "batch_size": plan.batch_size,
               "defense": restored.defense.spec(),
               "source": source.checkpoint if source else None}
   store = evaluation.RowStore(Path(FLAGS.workdir) / "eval" / f"{FLAGS.eval_name}.rows", settings)
-  record, verdicts = evaluation.evaluate(
-      restored, source, images, labels, rows=plan.rows, eps=plan.eps, step_size=plan.step_size,
-      restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
-      batch_size=FLAGS.eval_batch_size, sanity_eps=plan.sanity_eps,
-      sanity_images=min(FLAGS.sanity_images, n), store=store, norm=plan.norm)
+  record, verdicts = evaluation.run(restored, source, images, labels, plan, store=store)
   record.update(
       run=str(FLAGS.workdir), checkpoint=restored.checkpoint, step=restored.step,
       model=config.model, split=split, source=source.checkpoint if source else None,
@@ -372,8 +380,9 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
     print("\n".join(["", "!" * 72, f"SANITY CHECKS FAILED ({len(failed)}): the robustness above "
                       "may be gradient masking, not robustness.", *failed, "!" * 72]),
           file=sys.stderr)
-  print(f"report: {paths[2]}  record: {paths[0]}  verdicts: {paths[1]}  "
-        f"({len(store.reused)} rows reused, {len(store.computed)} computed)")
+  print(f"report: {paths['md']}  figure: {paths['png']}  record: {paths['json']}  "
+        f"verdicts: {paths['npz']}  ({len(store.reused)} rows reused, {len(store.computed)} "
+        "computed)")
   return record, failed
 
 
@@ -458,8 +467,8 @@ def check() -> str:
     plan = _eval_plan()
     found = _check_data(plan.config.dataset, [plan.split], plan.data_dir)
     return (f"--mode=eval of the {plan.config.model} run in {FLAGS.workdir} on "
-            f"{plan.config.dataset} {plan.split} ({found}): {', '.join(plan.rows)}; "
-            f"{plan.norm} eps {plan.eps:.6g}")
+            f"{plan.config.dataset} {plan.split} ({found}): {', '.join(plan.plan.rows)}; "
+            f"{plan.plan.norm} eps {plan.plan.eps:.6g}")
   config = _training_config()
   state = _workdir_state(config)
   found = _check_data(config.dataset, [config.train_split, config.test_split], config.data_dir)
@@ -516,6 +525,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     _fail(e)
   _refuse_arguments(argv)
+  try:  # before anything reads a component string: plug-ins register components
+    plugins.load(FLAGS["import"].value)
+  except ValueError as e:
+    _fail(f"--import: {e}")
   if FLAGS.only_check_args:
     try:
       _use_devices()

@@ -38,3 +38,11 @@ def test_every_module_is_in_a_layer():
   top = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
   assert top == set(LAYERS)
   assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]
+
+
+def test_evaluation_knows_training_only_through_its_restore_bridge():
+  # Evaluation takes any classifier (a Target); restoring one of this project's runs is the
+  # only part of it that reads a training configuration or checkpoint.
+  for path in sorted((PACKAGE / "evaluation").rglob("*.py")):
+    if path.name != "restore.py":
+      assert "training" not in _imports(path), f"{path.relative_to(PACKAGE)} imports training"

@@ -12,6 +12,7 @@ a watchdog (a hang fails after TIMEOUT seconds instead of stalling CI), and a
 static check that no program the library builds hands LAPACK a batch.
 """
 
+import functools
 import re
 
 import jax
@@ -50,18 +51,16 @@ for t in threads: t.join()
 # with 10 draws in chunks of 8, i.e. a loop over full chunks and an independent remainder,
 # both decomposing, inside the attack's loop.
 EOT = """
-import jax, jax.numpy as jnp, numpy as np
+import functools, jax, jax.numpy as jnp, numpy as np
 from menet_jax import data, evaluation, models
 from menet_jax.defenses import MENet
-from menet_jax.training.config import Config
 from tests.conftest import DATA_DIR
 images, labels = data.load("cifar10", "test[:32]", DATA_DIR)
 net = models.create("small_cnn", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
 variables = net.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
 defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
-restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
-                               config=Config.for_dataset("cifar10", workdir="w"), checkpoint="",
-                               step=0)
+restored = evaluation.Target(apply_fn=functools.partial(net.apply, train=False),
+                             variables=variables, defense=defense)
 r = evaluation.run_attack(restored, None, images.astype(np.float32) / 255, labels,
                           spec="bpda_eot(steps=5, samples=10, chunk=8)", eps=8 / 255,
                           step_size=2 / 255, restarts=1, draws=2, attack_key=jax.random.key(0),
@@ -158,10 +157,10 @@ def _programs():
   objective = objectives.create("pgd_at(eps=0.03, step_size=0.01, steps=2)")
   step = lambda s, b, k: objective.step(s, b, k, defense=defense, augment=False)
   yield "pgd_at step", step, (state, batch, jax.random.key(0))
-  restored = evaluation.Restored(apply_fn=model.apply, config=config, checkpoint="", step=0,
-                                 variables={"params": state.params,
-                                            "batch_stats": state.batch_stats},
-                                 defense=defense)
+  restored = evaluation.Target(apply_fn=functools.partial(model.apply, train=False),
+                               variables={"params": state.params,
+                                          "batch_stats": state.batch_stats},
+                               defense=defense)
   ctx = evaluation.context(restored, restored.variables, None, None, eps=0.03, step_size=0.01)
   eot = suite.ATTACKS.lookup("bpda_eot(steps=2, samples=10, chunk=8)")
   yield "bpda_eot", lambda k, a, y: eot(ctx, k, a, y), (jax.random.key(0), images,

@@ -6,8 +6,10 @@
                     leads by the confidence kappa)
     dlr:            -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)   (Croce & Hein, 2020;
                     z_pi sorted in decreasing order; invariant to shifts and scalings of z)
+    dlr_targeted:   -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)   (the same paper's
+                    targeted version, towards class t)
 
-All three are larger when the example is closer to being misclassified.
+All are larger when the example is closer to being misclassified.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
   true, other = _true_and_best_other(logits, labels)
   top = jnp.sort(logits, -1)
   return -(true - other) / (top[..., -1] - top[..., -3] + 1e-12)
+
+
+def dlr_targeted(logits: jax.Array, labels: jax.Array, targets: jax.Array) -> jax.Array:
+  """(B, C >= 4), (B,), (B,) -> (B,) the targeted difference-of-logits ratio loss."""
+  if logits.shape[-1] < 4:
+    raise ValueError(f"dlr_targeted needs at least 4 classes, got logits of shape {logits.shape}")
+  pick = lambda c: jnp.take_along_axis(logits, c[:, None].astype(jnp.int32), -1)[:, 0]
+  top = jnp.sort(logits, -1)
+  return -(pick(labels) - pick(targets)) / (top[..., -1] - 0.5 * (top[..., -3] + top[..., -4])
+                                            + 1e-12)
 
 
 LOSSES = {"ce": cross_entropy, "cw": cw_margin, "dlr": dlr, "margin": margin}

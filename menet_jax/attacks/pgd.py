@@ -120,18 +120,13 @@ def pgd(loss_fn: LossFn, key: jax.Array, x: jax.Array, *, eps: float, step_size:
   eps = check_inputs(x, eps, norm)
   validation.number_in("step_size", step_size, 0.0, max_radius(norm, x.shape[1:]), lo_open=True)
   validation.integer_in("steps", steps, 1)
-  if norm == "linf":
-    project = lambda xa: project_linf(xa, x, eps)
-    direction = jnp.sign
-  else:
-    project = lambda xa: project_l2(xa, x, eps)
-    direction = lambda g: g / jnp.maximum(l2_norms(g), 1e-12)
+  project, direction = geometry(x, eps, norm)
   if start is not None:
     if start.shape != x.shape:
       raise ValueError(f"start must have the shape of x {x.shape}, got {start.shape}")
     start = project(start)
   elif random_start:
-    start = project(x + _uniform_in_ball(key, x, eps, norm))
+    start = project(x + uniform_in_ball(key, x, eps, norm))
   else:
     start = x
   start = jax.lax.stop_gradient(start)
@@ -158,7 +153,17 @@ def pgd(loss_fn: LossFn, key: jax.Array, x: jax.Array, *, eps: float, step_size:
   return better(best, (last, loss_fn(last, jnp.int32(steps))))[0]
 
 
-def _uniform_in_ball(key: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
+def geometry(x: jax.Array, eps: float, norm: str
+             ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+  """(project, direction) of a `norm` ball of radius eps around x: the projection onto the ball
+  and [0, 1], and the steepest-ascent direction of a gradient (sign(g) under l-inf, g / |g|_2
+  under l2)."""
+  if norm == "linf":
+    return (lambda xa: project_linf(xa, x, eps)), jnp.sign
+  return (lambda xa: project_l2(xa, x, eps)), (lambda g: g / jnp.maximum(l2_norms(g), 1e-12))
+
+
+def uniform_in_ball(key: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
   """(B, ...) offsets uniform in the `norm` ball of radius eps (before clipping to [0, 1])."""
   if norm == "linf":
     return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)

@@ -10,7 +10,8 @@ A score-based random search over the vertices of the eps-ball:
            delta_{i+1} = the candidate if it raises the loss, else delta_i
     h_i = round(sqrt(p_i H W)), at least 1 and at most H - 1, where p_i halves on a fixed
     schedule of the iteration (p_init at the start; over 10,000 queries: after 10, 50, 200, 500,
-    1,000, 2,000, 4,000, 6,000 and 8,000; a shorter budget runs the same schedule rescaled).
+    1,000, 2,000, 4,000, 6,000 and 8,000; a shorter budget runs the same schedule rescaled, or,
+    with rescale=False as AutoAttack runs its 5,000 queries, the first part of it).
 
 Each query costs one forward pass; an image stops changing once its loss is positive (it is
 misclassified when the loss is the margin max_{j != y} z_j - z_y). No gradient is used, so a
@@ -40,15 +41,17 @@ SCHEDULE = np.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 REDRAWS = 10
 
 
-def fraction(p_init: float, i: jax.Array, queries: int) -> jax.Array:
-  """p_i: the fraction of the image a window covers at iteration i of `queries`."""
-  scaled = (i * 10000) // queries
+def fraction(p_init: float, i: jax.Array, queries: int, rescale: bool = True) -> jax.Array:
+  """p_i: the fraction of the image a window covers at iteration i of `queries` (of 10,000
+  when not `rescale`)."""
+  scaled = (i * 10000) // queries if rescale else i
   halvings = jnp.searchsorted(jnp.asarray(SCHEDULE), scaled, side="left")
   return p_init / 2.0 ** halvings
 
 
 def square(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, x: jax.Array, *,
-           eps: float, queries: int = 5000, p_init: float = 0.8) -> jax.Array:
+           eps: float, queries: int = 5000, p_init: float = 0.8, rescale: bool = True
+           ) -> jax.Array:
   """Square attack ascending `loss_fn` until it is positive, within the l-inf ball.
 
   Args:
@@ -60,6 +63,8 @@ def square(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array,
     eps: l-inf radius in [0, 1].
     queries: forward passes per image, >= 1 (AutoAttack: 5,000).
     p_init: initial fraction of the image a window covers, in (0, 1] (0.8 in AutoAttack).
+    rescale: run the 10,000-query schedule of p at the pace of `queries`; False keeps its
+      iterations (AutoAttack's standard version: 5,000 queries end at p_init / 128).
 
   Returns:
     (B, H, W, C) the highest-loss point found per example, on the eps-ball's vertices where
@@ -81,7 +86,7 @@ def square(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array,
   def candidate(i, k, x_adv):
     """x_adv with one random window set to eps * (+-1) per channel; redrawn (at most REDRAWS
     times) where that changes nothing, as the paper does."""
-    side = jnp.clip(jnp.round(jnp.sqrt(fraction(p_init, i, queries) * h * w)), 1, h - 1)
+    side = jnp.clip(jnp.round(jnp.sqrt(fraction(p_init, i, queries, rescale) * h * w)), 1, h - 1)
     side = side.astype(jnp.int32)
 
     def draw(k):

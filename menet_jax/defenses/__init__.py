@@ -5,8 +5,8 @@ A defense is created from a component string, e.g.
 a new one is a module that subclasses `Defense` and registers itself with `register`.
 """
 
-from menet_jax.defenses.base import (DEFENSES, Defense, Identity, OnDevices, create, majority_vote,
-                                     names, on_devices, register)
+from menet_jax.defenses.base import (DEFENSES, Defense, Identity, create, majority_vote,
+                                     names, on_devices, per_device, register)
 from menet_jax.defenses.bpda import bpda
 from menet_jax.defenses.median import Median
 from menet_jax.defenses.menet import MENet
@@ -14,6 +14,6 @@ from menet_jax.defenses.ride import RIDE
 from menet_jax.defenses.splic import splic
 from menet_jax.defenses.tv import TVBregman, TVChambolle
 
-__all__ = ["DEFENSES", "Defense", "Identity", "MENet", "Median", "OnDevices", "RIDE", "TVBregman",
-           "TVChambolle", "bpda", "create", "majority_vote", "names", "on_devices", "register",
-           "splic"]
+__all__ = ["DEFENSES", "Defense", "Identity", "MENet", "Median", "RIDE", "TVBregman",
+           "TVChambolle", "bpda", "create", "majority_vote", "names", "on_devices", "per_device",
+           "register", "splic"]

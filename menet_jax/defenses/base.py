@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -40,6 +41,8 @@ from menet_jax.utils import parallel
 from menet_jax.utils.registry import Registry
 
 DEFENSES = Registry("defense")
+#: The name of the view that is the true gradient of `transform`, where a defense offers one.
+EXACT = "exact"
 Network = Callable[[jax.Array], jax.Array]  # x (B, H, W, C) -> logits (B, classes)
 
 
@@ -67,15 +70,23 @@ class Defense(abc.ABC):
 
   @property
   def views(self) -> tuple[str, ...]:
-    """The attacker's views of the defense's gradient that `view` offers ("bpda" always)."""
+    """The attacker's views of the defense's gradient that `view` offers: "bpda" always,
+    `EXACT` ("exact") where `transform` itself is differentiable and its true gradient is
+    worth having (the sanity checks compare every other view with it), others by name."""
     return ("bpda",)
 
   def view(self, name: str, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
-    """The forward pass with the gradient of view `name`: "bpda" is `attack_view`; a defense
-    may offer others (e.g. the gradient of an approximation it fitted, or the exact one)."""
-    if name != "bpda":
+    """The forward pass with the gradient of view `name`: "bpda" is `attack_view`, "exact"
+    differentiates `transform` itself; a defense may offer others (e.g. the gradient of an
+    approximation it fitted)."""
+    if name not in self.views:
       raise ValueError(f"{type(self).__name__} offers no {name!r} view; it offers "
                        f"{', '.join(self.views)}")
+    if name == EXACT:
+      return self.transform(keys, x, level)
+    if name != "bpda":
+      raise NotImplementedError(f"{type(self).__name__} lists view {name!r} but its `view` "
+                                "does not handle it")
     return self.attack_view(keys, x, level)
 
   @property
@@ -92,8 +103,11 @@ class Defense(abc.ABC):
     """Raises ValueError if the defense cannot run on images of (H, W, C) `image_shape`."""
 
   def describe(self) -> dict[str, Any]:
-    """A JSON-serialisable description, for manifests and reports."""
-    return {"defense": type(self).__name__}
+    """A JSON-serialisable description, for manifests and reports: the registered name (the
+    class name if unregistered) and every dataclass field."""
+    name = DEFENSES.name_of(type(self)) or type(self).__name__
+    fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
+    return {"defense": name, **{f.name: _plain(getattr(self, f.name)) for f in fields}}
 
   def spec(self) -> str:
     """The component string that creates this defense, every parameter written out.
@@ -118,6 +132,15 @@ class Defense(abc.ABC):
     if self.votes > 1:
       return majority_vote(logits)
     return jnp.argmax(logits[0], -1).astype(jnp.int32)
+
+
+def _plain(value: Any) -> Any:
+  """A field's value as JSON holds it (tuples as lists, anything else unknown as its text)."""
+  if isinstance(value, (bool, int, float, str)) or value is None:
+    return value
+  if isinstance(value, (tuple, list)):
+    return [_plain(v) for v in value]
+  return str(value)
 
 
 def _bpda_transform(defense: Defense) -> Callable[..., jax.Array]:
@@ -158,52 +181,52 @@ def majority_vote(logits: jax.Array) -> jax.Array:
   return jnp.argmax(votes, -1).astype(jnp.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class OnDevices(Defense):
-  """`inner` with its transform run by each device on its slice of the batch (shard_map).
-
-  Per-image draws involve no cross-image work, so splitting them changes nothing
-  but where they run; the iterative solvers' loops then stay on one device
-  instead of being partitioned by XLA. Everything else is `inner`'s.
-  """
-  inner: Defense
-  mesh: Mesh
+class _PerDevice:
+  """Mixin placed before a defense's own class: its `transform` runs on each device's slice of
+  the batch (shard_map); every other member is the defense's own."""
 
   def transform(self, keys, x, level):
-    return parallel.per_device(self.inner.transform, self.mesh, split=(True, True, True))(
+    return parallel.per_device(super().transform, self._mesh, split=(True, True, True))(
         keys, x, level)
 
-  def attack_view(self, keys, x, level):
-    if type(self.inner).attack_view is Defense.attack_view:
-      return _bpda_transform(self)(x, keys, level)
-    return self.inner.attack_view(keys, x, level)
-
-  def view(self, name, keys, x, level):
-    return self.attack_view(keys, x, level) if name == "bpda" else \
-        self.inner.view(name, keys, x, level)
-
-  randomized = property(lambda self: self.inner.randomized)
-  preprocesses = property(lambda self: self.inner.preprocesses)
-  votes = property(lambda self: self.inner.votes)
-  views = property(lambda self: self.inner.views)
-  train_levels = property(lambda self: self.inner.train_levels)
-  test_level = property(lambda self: self.inner.test_level)
-
-  def check(self, image_shape):
-    self.inner.check(image_shape)
-
   def describe(self):
-    return self.inner.describe()
+    return self._inner.describe()
 
   def spec(self):
-    return self.inner.spec()
+    return self._inner.spec()
+
+
+@functools.cache
+def _per_device_class(cls: type) -> type:
+  return type(f"PerDevice{cls.__name__}", (_PerDevice, cls), {"__doc__": cls.__doc__})
+
+
+def per_device(defense: Defense, mesh: Mesh) -> Defense:
+  """`defense` with its transform run by each device of `mesh` on its slice of the batch.
+
+  Per-image draws involve no cross-image work, so splitting them changes nothing but where
+  they run; the iterative solvers' loops then stay on one device instead of being partitioned
+  by XLA. The result is an instance of a subclass of the defense's own class with the same
+  field values: every method the defense defines or overrides (`attack_view`, `view`,
+  `predict`, ...) is its own, and whichever of them calls `transform` splits over the devices.
+  """
+  wrapped = object.__new__(_per_device_class(type(defense)))
+  # Its attributes as they are (fields and whatever __post_init__ derived), without rerunning
+  # __init__.
+  state = vars(defense) if hasattr(defense, "__dict__") else {
+      f.name: getattr(defense, f.name) for f in dataclasses.fields(defense)}
+  for name, value in state.items():
+    object.__setattr__(wrapped, name, value)
+  object.__setattr__(wrapped, "_inner", defense)
+  object.__setattr__(wrapped, "_mesh", mesh)
+  return wrapped
 
 
 def on_devices(defense: Defense, mesh: Mesh) -> Defense:
   """`defense` whose draws run per device over `mesh` (itself when the mesh has one device)."""
   if mesh.size == 1 or not defense.preprocesses:
     return defense
-  return OnDevices(defense, mesh)
+  return per_device(defense, mesh)
 
 
 def create(spec: str, **overrides: Any) -> Defense:

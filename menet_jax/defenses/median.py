@@ -21,7 +21,6 @@ padding).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -89,15 +88,9 @@ class Median(Defense):
 
   @property
   def views(self) -> tuple[str, ...]:
-    return ("bpda", "exact")
+    return ("bpda", "exact")  # min / max are differentiable almost everywhere
 
-  def view(self, name: str, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
-    if name == "exact":  # min / max are differentiable almost everywhere: no approximation
-      return self.transform(keys, x, level)
-    return super().view(name, keys, x, level)
 
-  def describe(self) -> dict[str, Any]:
-    return {"defense": "median", "k": self.k, "padding": self.padding}
 
 
 DEFENSES.register("median", Median)

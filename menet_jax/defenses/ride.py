@@ -34,8 +34,8 @@ tested equal, values and derivatives.
 
 Attacker's views (`view`): "bpda" (identity backward), "frozen" (the backward
 pass of the fitted network at its final weights, z -> mean h(z + eps; w*) at z =
-x~, the chain through the stage updates taken as the identity), and "unrolled"
-(the exact gradient through all K T steps, with rematerialisation; feasible for
+x~, the chain through the stage updates taken as the identity), and "exact"
+(the exact gradient, unrolled through all K T steps, with rematerialisation; feasible for
 small K T, a gradient-quality check).
 
     ride(preset=release_mnist), ride(variant=dae, k=200, t=5)
@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -283,7 +282,7 @@ class RIDE(Defense):
 
   @property
   def views(self) -> tuple[str, ...]:
-    return ("bpda", "frozen", "unrolled")
+    return ("bpda", "frozen", "exact")
 
   def optimizer(self) -> optax.GradientTransformation:
     """Adam with PyTorch's coupled L2 (added to the gradient before the moments), also on
@@ -331,7 +330,7 @@ class RIDE(Defense):
 
     def stage(carry, s):
       params, opt, u = carry
-      # A checkpoint per Adam step: an unrolled gradient stores one carry per step, not
+      # A checkpoint per Adam step: the exact (unrolled) gradient stores one carry per step, not
       # every activation of every step.
       (params, opt, _), _ = jax.lax.scan(jax.checkpoint(step), (params, opt, u),
                                          s * steps + jnp.arange(steps))
@@ -366,12 +365,8 @@ class RIDE(Defense):
   def view(self, name: str, keys: jax.Array, x: jax.Array, level: jax.Array) -> jax.Array:
     if name == "frozen":
       return _frozen(self, keys, x)
-    if name == "unrolled":
-      return self.transform(keys, x, level)
     return super().view(name, keys, x, level)
 
-  def describe(self) -> dict[str, Any]:
-    return {"defense": "ride", **dataclasses.asdict(self)}
 
 
 def _frozen(defense: RIDE, keys: jax.Array, x: jax.Array) -> jax.Array:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -196,8 +195,6 @@ class TVChambolle(Defense):
                             max_iters=self.max_iters)
     return jax.vmap(run)(x) if self.joint else _planes(run, x)
 
-  def describe(self) -> dict[str, Any]:
-    return {"defense": "tv_chambolle", **dataclasses.asdict(self)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +217,6 @@ class TVBregman(Defense):
     return _planes(functools.partial(bregman, weight=self.weight, eps=self.eps,
                                      max_iters=self.max_iters, isotropic=self.isotropic), x)
 
-  def describe(self) -> dict[str, Any]:
-    return {"defense": "tv_bregman", **dataclasses.asdict(self)}
 
 
 DEFENSES.register("tv_chambolle", TVChambolle)

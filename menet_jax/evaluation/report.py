@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from menet_jax.evaluation import curves
 from menet_jax.utils.atomic_write import atomic_write
 
 WORST_CASE = "worst case"
@@ -28,46 +29,63 @@ def markdown(record: dict[str, Any]) -> str:
   l2 = record.get("norm", "linf") == "l2"
   defense = record["defense"]
   worst = record["worst_case"]
-  lines = [f"# Evaluation of `{record['run']}`", "",
-           f"- checkpoint: `{record['checkpoint']}` (step {record['step']})",
-           f"- model: {record['model']}; defense: {json.dumps(defense, sort_keys=True)}",
-           f"- images: {record['images']} ({record['split']}, the first {record['images']}); "
-           f"seed {record['seed']}; restarts {record['restarts']}; "
-           f"judged under {record['draws']} draws of the defense's randomness",
-           _radius(record),
-           f"- source (transfer): {record['source'] or 'none'}",
-           f"- machine: {record['machine']}; wall time {record['wall_s']:.1f} s",
-           *_defense_cost(record),
-           f"- command: `{record['command']}`", "",
+  cascade = record.get("cascade", False)
+  lines = [f"# Evaluation of `{record['run']}`" if record.get("run") else "# Evaluation", ""]
+  if record.get("checkpoint"):
+    lines.append(f"- checkpoint: `{record['checkpoint']}` (step {record['step']})")
+  lines += [f"- model: {record.get('model', 'a user model')}; defense: "
+            f"{json.dumps(defense, sort_keys=True)}",
+            f"- images: {record['images']}" +
+            (f" ({record['split']}, the first {record['images']})" if record.get("split") else "")
+            + f"; seed {record['seed']}; restarts {record['restarts']}; " +
+            (f"judged under {record['draws']} draws of the defense's randomness"
+             if record["draws"] > 1 else "judged once (deterministic defense)") +
+            ("; cascade (each attack only on the images still robust)" if cascade else ""),
+            _radius(record)]
+  if "source" in record:
+    lines.append(f"- source (transfer): {record['source'] or 'none'}")
+  lines += [f"- machine: {record.get('machine', 'not recorded')}; wall time "
+            f"{record['wall_s']:.1f} s", *_defense_cost(record)]
+  if record.get("command"):
+    lines.append(f"- command: `{record['command']}`")
+  lines += ["",
            "| " + " | ".join([*(_label(r) for r in rows), WORST_CASE]) + " |",
            "|" + "---|" * (len(rows) + 1),
            "| " + " | ".join(f"{r['accuracy']:.1%}" for r in [*rows, worst]) + " |", "",
-           "| attack | threat model | steps | accuracy | mean over draws | robust in all draws "
+           "| attack | threat model | steps | accuracy, first draw [95 % interval] | "
+           "mean over draws | robust in all draws | images attacked "
            f"| max {'l2' if l2 else 'l-inf'} | wall s |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    largest = f"{r['max_l2']:.4g}" if l2 else f"{r['max_linf'] * 255:.3g}/255"
-    lines.append(f"| `{r['spec']}` | {r['threat']} | {r['steps'] or ''} | {r['accuracy']:.2%} | "
-                 f"{r['mean_over_draws']:.2%} | {r['robust_all_draws']:.2%} | "
+    largest = f"{r['max_l2']:.4g}" if l2 else curves.linf_text(r['max_linf'])
+    lines.append(f"| `{r['spec']}` | {r['threat']} | {r['steps'] or ''} | "
+                 f"{r['accuracy']:.2%} {_interval(r)} | {r['mean_over_draws']:.2%} | "
+                 f"{r['robust_all_draws']:.2%} | {r.get('attacked') or r['images']} | "
                  f"{largest} | {r['wall_s']:.1f} |")
   lines.append(f"| **{WORST_CASE}** (robust only if every attack above failed) | | | "
-               f"{worst['accuracy']:.2%} | {worst['mean_over_draws']:.2%} | "
-               f"{worst['robust_all_draws']:.2%} | | |")
+               f"{worst['accuracy']:.2%} {_interval(worst)} | {worst['mean_over_draws']:.2%} | "
+               f"{worst['robust_all_draws']:.2%} | | | |")
+  if cascade:
+    lines += ["", "In a cascade each attack runs only on the images that every attack above it "
+              "left robust; its accuracy counts the others as broken."]
   sanity = record["sanity"]
   failed = [c for c in sanity["checks"] if not c["passed"]]
   lines += ["", "## Sanity checks (gradient masking)", ""]
+  for w in sanity.get("warnings", []):
+    lines.append(f"**Warning:** {w}.")
+    lines.append("")
   if failed:
     lines.append(f"**{len(failed)} CHECK(S) FAILED: the numbers above may overstate robustness.**")
     lines.append("")
   for c in sanity["checks"]:
     lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} {c['name']}: {c['detail']}")
   for view, cos in sanity.get("gradient_agreement", {}).items():
-    lines.append(f"- gradient agreement of the {view!r} view with the exact (unrolled) gradient: "
+    lines.append(f"- gradient agreement of the {view!r} view with the exact gradient: "
                  f"cosine {cos['mean']:.3f} on average, {cos['min']:.3f} at least")
   sweep = sanity["eps_sweep"]
   if sweep["accuracy"]:
     lines += ["", f"BPDA-PGD-{sweep['steps']} on the first {sweep['images']} images:", "",
-              "| eps | " + " | ".join(f"{a['eps']:.4g}" if l2 else f"{a['eps'] * 255:.4g}/255"
+              "| eps | " + " | ".join(f"{a['eps']:.4g}" if l2 else curves.linf_text(a['eps'])
                                       for a in sweep["accuracy"])
               + " |", "|---|" + "---|" * len(sweep["accuracy"]),
               "| accuracy | " + " | ".join(f"{a['accuracy']:.1%}" for a in sweep["accuracy"])
@@ -78,12 +96,19 @@ def markdown(record: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _interval(row: dict[str, Any]) -> str:
+  if "interval95" not in row:  # records written before intervals were kept
+    return ""
+  lo, hi = row["interval95"]
+  return f"[{lo:.1%}, {hi:.1%}]"
+
+
 def _radius(record: dict[str, Any]) -> str:
-  """The threat model's line: l-inf in /255 as well; l2 in pixel units and per pixel (the unit
+  """The threat model's line: l-inf as `linf_text`; l2 in pixel units and per pixel (the unit
   of Athalye et al. and of the ER-Classifier's Table 2, whose 0.005 is 3.92 on MNIST)."""
   eps, step = record["eps"], f"default step {record['step_size']:.6g}"
   if record.get("norm", "linf") == "linf":
-    return f"- l-inf eps {eps:.6g} ({eps * 255:.4g}/255), {step}"
+    return f"- l-inf eps {curves.linf_text(eps)}, {step}"
   return (f"- l2 eps {eps:.6g} (|x_adv - x|_2, pixels in [0, 1]; {eps / record['pixels']:.4g} "
           f"per pixel, the unit of the ER-Classifier's Table 2), {step}")
 
@@ -97,25 +122,27 @@ def _defense_cost(record: dict[str, Any]) -> list[str]:
 
 
 def write(record: dict[str, Any], verdicts: dict[str, np.ndarray], directory: str | Path,
-          name: str) -> tuple[Path, Path, Path]:
-  """Writes name.json, name.npz (per-image verdicts) and name.md into directory (atomically).
+          name: str) -> dict[str, Path]:
+  """Writes name.json, name.npz (per-image verdicts), name.md and name.png (accuracy against
+  eps) into directory, each atomically.
 
   name.npz holds, for every row's canonical attack string and "worst_case", a
   (draws, N) bool array: image j classified correctly under draw d.
 
   Returns:
-    The paths of the JSON record, the verdicts and the markdown report.
+    The paths by kind: "json", "npz", "md", "png".
   """
   directory = Path(directory)
-  paths = directory / f"{name}.json", directory / f"{name}.npz", directory / f"{name}.md"
-  with atomic_write(paths[0]) as tmp:
+  paths = {kind: directory / f"{name}.{kind}" for kind in ("json", "npz", "md", "png")}
+  with atomic_write(paths["json"]) as tmp:
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
   buffer = io.BytesIO()
   np.savez(buffer, **verdicts)
-  with atomic_write(paths[1]) as tmp:
+  with atomic_write(paths["npz"]) as tmp:
     tmp.write_bytes(buffer.getvalue())
-  with atomic_write(paths[2]) as tmp:
-    tmp.write_text(markdown(record))
+  curves.robustness(record, paths["png"])
+  with atomic_write(paths["md"]) as tmp:
+    tmp.write_text(markdown(record) + f"\n![accuracy against eps]({name}.png)\n")
   return paths
 
 
@@ -151,6 +178,7 @@ def combined(records: list[dict[str, Any]]) -> str:
       else:
         values.append(f"{r['accuracy']:.1%}")
     failed = len(failed_checks(rec))
-    lines.append(f"| {Path(rec['run']).name} | {defense} | {rec['images']} | " + " | ".join(values)
+    name = Path(rec["run"]).name if rec.get("run") else rec.get("defense_spec") or "model"
+    lines.append(f"| {name} | {defense} | {rec['images']} | " + " | ".join(values)
                  + f" | {'all passed' if not failed else f'**{failed} failed**'} |")
   return "\n".join(lines) + "\n"

@@ -8,47 +8,51 @@ configuration (config.json), which is checked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
 from menet_jax import defenses
-from menet_jax.defenses import Defense
+from menet_jax.evaluation.target import Target
 from menet_jax.training import checkpoint, objectives
 from menet_jax.training import state as state_lib
 from menet_jax.training.config import Config
-from menet_jax.utils import parallel, validation
+from menet_jax.utils import parallel, plugins, validation
 
 CHECKPOINTS = ("last", "best")
 
 
 @dataclasses.dataclass(frozen=True)
-class Restored:
-  """A trained classifier and the defense in front of it.
+class Restored(Target):
+  """A trained run's classifier and the defense in front of it (a `Target`).
 
   Attributes:
-    apply_fn: (variables, x, train=False) -> logits.
+    apply_fn: (variables, x) -> logits in inference mode.
     variables: the classifier's variables ({"params", "batch_stats"}).
     defense: the run's defense (or the one evaluation put in front of it).
     config: the run's configuration.
     checkpoint: the restored checkpoint directory; step: its training step.
   """
-  apply_fn: Callable[..., jax.Array]
-  variables: Any
-  defense: Defense
   config: Config
   checkpoint: str
   step: int
 
-  def network(self, variables: Any) -> Callable[[jax.Array], jax.Array]:
-    """x -> logits with explicit `variables` (so that jit sees them as arguments)."""
-    return lambda x: self.apply_fn(variables, x, train=False)
+
+def load_plugins(workdir: str | Path) -> list[str]:
+  """Imports the plug-ins that the run in `workdir` recorded (none if there is no run there),
+  so that the components it names are registered; returns them."""
+  config_file = Path(workdir) / "config.json"
+  if not config_file.is_file():
+    return []
+  return plugins.load(json.loads(config_file.read_text()).get("imports", ()))
 
 
 def read_config(workdir: str | Path) -> Config:
-  """The configuration of the trained run in `workdir` (its config.json).
+  """The configuration of the trained run in `workdir` (its config.json), after importing the
+  plug-ins it records.
 
   Raises:
     FileNotFoundError: workdir holds no run.
@@ -56,7 +60,9 @@ def read_config(workdir: str | Path) -> Config:
   config_file = Path(workdir) / "config.json"
   if not config_file.is_file():
     raise FileNotFoundError(f"no trained run in {workdir}: {config_file} does not exist")
-  return Config.from_json(json.loads(config_file.read_text()))
+  values = json.loads(config_file.read_text())
+  plugins.load(values.get("imports", ()))  # the components the run names may be plug-ins'
+  return Config.from_json(values)
 
 
 def load(workdir: str | Path, which: str = "last", *, defense: str | None = None,
@@ -93,6 +99,6 @@ def load(workdir: str | Path, which: str = "last", *, defense: str | None = None
   # Replicated on this process's devices: the evaluation splits each batch's defense draws
   # over them (runner._placed), and jit refuses variables committed to one of them.
   variables = jax.device_put(variables, parallel.replicated(parallel.mesh(jax.local_devices())))
-  return Restored(apply_fn=apply_fn, variables=variables,
+  return Restored(apply_fn=functools.partial(apply_fn, train=False), variables=variables,
                   defense=chosen, config=config, checkpoint=str(ckpt_dir.absolute() / str(step)),
                   step=step)

@@ -42,8 +42,11 @@ import numpy as np
 from menet_jax import defenses
 from menet_jax.attacks import cross_entropy, max_radius
 from menet_jax.defenses import Defense
+from menet_jax.defenses.base import EXACT
+from menet_jax.evaluation import progress as progress_lib
 from menet_jax.evaluation import sanity, suite
-from menet_jax.evaluation.restore import Restored
+from menet_jax.evaluation.config import Plan
+from menet_jax.evaluation.target import Target
 from menet_jax.utils import parallel, validation
 from menet_jax.utils.atomic_write import atomic_write
 from menet_jax.utils.registry import parse
@@ -58,9 +61,11 @@ class Row:
     label: short name for tables ("bpda_eot-200").
     threat: the attacker's access; steps: its steps, if it takes any.
     eps: the radius the row was run at, in `norm` ("linf" or "l2").
-    correct: (draws, N) bool, image j correct under draw d (and every restart).
+    correct: (draws, N) bool, image j correct under draw d (and every restart); an image the
+      row did not attack (a cascade's) counts as not correct.
     max_linf, max_l2: largest |x_adv - x| in either norm (max_l2 None in rows stored before
       it was kept); wall_s: seconds it took when computed.
+    attacked: how many of the N images the row attacked (fewer than N in a cascade).
   """
   spec: str
   attack: str
@@ -74,6 +79,7 @@ class Row:
   max_l2: float | None
   wall_s: float
   description: str
+  attacked: int | None = None
 
   @property
   def accuracy(self) -> float:
@@ -94,8 +100,9 @@ class Row:
   def summary(self) -> dict[str, Any]:
     """The row without its verdicts, as the JSON record stores it."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "correct"}
-    out.update(accuracy=self.accuracy, mean_over_draws=self.mean_over_draws,
-               robust_all_draws=self.robust_all_draws, images=self.images)
+    out.update(accuracy=self.accuracy, interval95=list(wilson(self.accuracy, self.images)),
+               mean_over_draws=self.mean_over_draws, robust_all_draws=self.robust_all_draws,
+               images=self.images)
     return out
 
 
@@ -164,13 +171,21 @@ def _placed(defense: Defense) -> Defense:
   return defenses.on_devices(defense, parallel.mesh(jax.local_devices()))
 
 
-def context(restored: Restored, variables: Any, source: Restored | None, source_variables: Any,
-            *, eps: float, step_size: float, defense: Defense | None = None,
-            norm: str = "linf") -> suite.Context:
-  """The attack context of `restored` behind `defense` (default its own), with explicit
-  variables so that jit sees them as arguments. The defense's draws run per device."""
-  network = restored.network(variables)
-  defense = defense or restored.defense
+def context(target: Target, variables: Any, source: Target | None, source_variables: Any,
+            *, eps: float, step_size: float, norm: str = "linf",
+            heartbeat: Callable[[], None] | None = None) -> suite.Context:
+  """The attack context of `target` behind its defense, with explicit variables so that jit
+  sees them as arguments. The defense's draws run per device. `heartbeat`, if given, is called
+  (from the compiled code) after every forward pass of the target's network."""
+  network = target.network(variables)
+  if heartbeat is not None:
+    bare = network
+
+    def network(x):
+      logits = bare(x)
+      jax.debug.callback(heartbeat)
+      return logits
+  defense = target.defense
   placed = _placed(defense)
 
   def level(x):
@@ -188,12 +203,12 @@ def context(restored: Restored, variables: Any, source: Restored | None, source_
                        defense=defense, eps=eps, step_size=step_size, norm=norm)
 
 
-def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, *, restored, source,
-                  defense, spec, eps, step_size, restarts, draws, norm):
-  ctx = context(restored, variables, source, source_variables, eps=eps, step_size=step_size,
-                defense=defense, norm=norm)
+def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, eps, step_size, *,
+                  target, source, spec, restarts, draws, norm, heartbeat):
+  ctx = context(target, variables, source, source_variables, eps=eps, step_size=step_size,
+                norm=norm, heartbeat=heartbeat)
   attack = suite.ATTACKS.lookup(spec)
-  placed = _placed(defense)
+  placed = _placed(target.defense)
 
   def one_restart(r):
     x_adv = attack(ctx, jax.random.fold_in(key, r), x, y)
@@ -204,6 +219,34 @@ def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, *, 
 
   correct, linf, l2 = jax.lax.map(one_restart, jnp.arange(restarts))
   return jnp.all(correct, axis=0), jnp.max(linf), jnp.max(l2)
+
+
+# The rows being computed (innermost last): where the compiled attacks' heartbeat goes.
+_ACTIVE: list[progress_lib.Progress] = []
+# Compiled attack batches, by target, source and row, so that rows that differ only in eps and
+# step size (the sanity sweep's radii) share one compilation; the entries hold their target and
+# source, so the ids in the key cannot be reused while they are cached.
+_CACHE: dict[tuple, tuple[Any, Any, Callable]] = {}
+_CACHE_SIZE = 64
+
+
+def _heartbeat() -> None:
+  if _ACTIVE:
+    _ACTIVE[-1].forward()
+
+
+def _compiled(target: Target, source: Target | None, *, spec: str, restarts: int, draws: int,
+              norm: str, progress: bool) -> Callable:
+  """The jitted `_attack_batch` of one row; eps and step size are its arguments."""
+  key = (id(target), id(source), spec, restarts, draws, norm, progress)
+  if key not in _CACHE:
+    if len(_CACHE) >= _CACHE_SIZE:
+      _CACHE.pop(next(iter(_CACHE)))
+    fn = jax.jit(functools.partial(
+        _attack_batch, target=target, source=source, spec=spec, restarts=restarts, draws=draws,
+        norm=norm, heartbeat=_heartbeat if progress else None))
+    _CACHE[key] = (target, source, fn)
+  return _CACHE[key][2]
 
 
 def check_attack(spec: str, defense: Defense, *, has_source: bool, norm: str = "linf"
@@ -225,15 +268,19 @@ def check_attack(spec: str, defense: Defense, *, has_source: bool, norm: str = "
   return name, params, threat
 
 
-def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
+def run_attack(target: Target, source: Target | None, images: np.ndarray,
                labels: np.ndarray, *, spec: str, eps: float, step_size: float, restarts: int,
                draws: int, attack_key: jax.Array, eval_key: jax.Array, batch_size: int,
-               defense: Defense | None = None, indices: np.ndarray | None = None,
-               store: RowStore | None = None, norm: str = "linf") -> Row:
-  """Attacks every image and judges the final examples under the defense.
+               indices: np.ndarray | None = None,
+               store: RowStore | None = None, norm: str = "linf",
+               subset: np.ndarray | None = None, progress: bool = False,
+               log: Callable[[str], None] = print) -> Row:
+  """Attacks every image (or those in `subset`) and judges the final examples under the
+  defense.
 
   Args:
-    restored, source: the target and the independently trained copy (or None).
+    target, source: the classifier behind the defense to attack and judge through, and the
+      independently trained copy (or None).
     images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
     spec: an attack's component string (`suite.parse_attacks` gives canonical ones).
     eps, step_size: the threat model's radius and default step, in `norm`; under l2 in pixel
@@ -241,18 +288,22 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
     restarts: >= 1 (deterministic attacks run once); draws: >= 1 draws judging each example.
     attack_key, eval_key: PRNG keys of the attacker and of the defense's judgement.
     batch_size: images per batch (the last batch is padded and the padding ignored).
-    defense: the defense to attack and judge through (default: the run's).
     indices: (N,) the images' indices in their split (default arange(N)).
     store: where finished rows are kept (and read back instead of recomputed).
     norm: the threat model's norm, "linf" or "l2".
+    subset: (N,) bool, the images to attack (default all); the others are not attacked and
+      count as not correct (the cascade attacks only the images that earlier rows left
+      robust). Batch b's attack key is fold_in(key, index of its first image), so an image
+      attacked alone (batch_size 1) meets the same attack whatever the subset.
+    progress: show a progress bar (a log line every half minute when not on a terminal).
   """
-  defense = defense or restored.defense
+  defense = target.defense
   name, params, threat = check_attack(spec, defense, has_source=source is not None, norm=norm)
   spec = suite.format_spec(name, params)
   restarts = validation.integer_in("restarts", restarts, 1)
   if not threat.random:
     restarts = 1  # a deterministic attack gives the same example every restart
-  draws = validation.integer_in("draws", draws, 1)
+  draws = validation.integer_in("draws", draws, 1) if defense.randomized else 1
   batch_size = validation.integer_in("batch_size", batch_size, 1)
   largest = max_radius(norm, images.shape[1:])
   eps = validation.number_in("eps", eps, 0.0, largest)
@@ -263,47 +314,59 @@ def run_attack(restored: Restored, source: Restored | None, images: np.ndarray,
   # The images of this call: the sanity sweep attacks a prefix of the evaluation's images.
   # The norm enters the key only where it is not l-inf, so rows stored before l2 existed stay
   # valid.
-  what = {"spec": spec, "eps": eps, "step_size": step_size, "images": len(images),
-          **({"norm": norm} if norm != "linf" else {})}
+  n = len(images)
+  attacked = np.ones(n, bool) if subset is None else np.asarray(subset, bool)
+  if attacked.shape != (n,):
+    raise ValueError(f"subset must be a (N,) = ({n},) bool mask, got shape {attacked.shape}")
+  what = {"spec": spec, "eps": eps, "step_size": step_size, "images": n,
+          **({"norm": norm} if norm != "linf" else {}),
+          **({"subset": hashlib.sha256(np.packbits(attacked).tobytes()).hexdigest()[:20]}
+             if subset is not None else {})}
+  row["attacked"] = int(attacked.sum())
   stored = store.get(what) if store is not None else None
   if stored is not None:
     return Row(**row, correct=stored["correct"], max_linf=stored["max_linf"],
                max_l2=stored.get("max_l2"), wall_s=stored["wall_s"])
 
-  n = len(images)
   indices = np.arange(n) if indices is None else np.asarray(indices)
-  fn = jax.jit(functools.partial(
-      _attack_batch, restored=restored, source=source, defense=defense, spec=spec, eps=eps,
-      step_size=step_size, restarts=restarts, draws=draws, norm=norm))
+  chosen = np.flatnonzero(attacked)
   key = jax.random.fold_in(attack_key, zlib.crc32(spec.encode()))
   source_vars = source.variables if source is not None else None
   t0 = time.perf_counter()
-  correct, linf, l2 = [], 0.0, 0.0
-  for start, rows, valid in _batches(n, batch_size):
-    c, batch_linf, batch_l2 = fn(
-        restored.variables, source_vars, jax.random.fold_in(key, start),
-        jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
-        jnp.asarray(indices[rows]), eval_key)
-    correct.append(np.asarray(c)[:, valid])
-    linf, l2 = max(linf, float(batch_linf)), max(l2, float(batch_l2))
-  correct = np.concatenate(correct, axis=1)  # (draws, N)
+  correct, linf, l2 = np.zeros((draws, n), bool), 0.0, 0.0
+  fn = _compiled(target, source, spec=spec, restarts=restarts, draws=draws, norm=norm,
+                 progress=progress)
+  with progress_lib.Progress(row["label"], len(chosen), enabled=progress, log=log) as bar:
+    _ACTIVE.append(bar)
+    try:
+      for _, at, valid in _batches(len(chosen), _fitted(len(chosen), batch_size)):
+        rows = chosen[at]
+        c, batch_linf, batch_l2 = fn(
+            target.variables, source_vars, jax.random.fold_in(key, int(indices[rows[0]])),
+            jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
+            jnp.asarray(indices[rows]), eval_key, jnp.float32(eps), jnp.float32(step_size))
+        correct[:, rows[valid]] = np.asarray(c)[:, valid]
+        linf, l2 = max(linf, float(batch_linf)), max(l2, float(batch_l2))
+        bar.batch(int(valid.sum()))
+    finally:
+      _ACTIVE.pop()
   result = Row(**row, correct=correct, max_linf=linf, max_l2=l2, wall_s=time.perf_counter() - t0)
   if store is not None:
     store.put(what, correct, {"max_linf": linf, "max_l2": l2, "wall_s": result.wall_s})
   return result
 
 
-def _input_gradient(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,
-                    defense: Defense | None, view: str, per_image: bool = False) -> np.ndarray:
+def _input_gradient(target: Target, images: np.ndarray, labels: np.ndarray, key: jax.Array,
+                    view: str, per_image: bool = False) -> np.ndarray:
   """(N, D): the gradient of the cross-entropy through view `view` of the defense, one draw.
 
   per_image: one image per device at a time (the batch from image i drawn with fold_in(key, i)),
   so that memory is that of one image: an exact view through a per-image optimisation (RIDE's
-  "unrolled") keeps every step's state of every image it differentiates at once. Otherwise all
+  "exact") keeps every step's state of every image it differentiates at once. Otherwise all
   images in one batch. Batches are padded to a multiple of the local device count, over which
   the defense's draws are split.
   """
-  ctx = context(restored, restored.variables, None, None, eps=0.0, step_size=1.0, defense=defense)
+  ctx = context(target, target.variables, None, None, eps=0.0, step_size=1.0)
   grad = jax.jit(jax.grad(lambda x, y, k: jnp.sum(cross_entropy(ctx.through(x, k, view), y))))
   n, devices = len(images), jax.local_device_count()
   size = devices if per_image else -(-n // devices) * devices
@@ -315,6 +378,15 @@ def _input_gradient(restored: Restored, images: np.ndarray, labels: np.ndarray, 
   return np.concatenate(out)
 
 
+def _fitted(n: int, batch_size: int) -> int:
+  """The batch size for n images: `batch_size`, or for fewer images (a cascade's last rows) the
+  next power of two that holds them, rounded up to the local devices, so that a few images are
+  not padded to a whole batch and only a few shapes are ever compiled."""
+  devices = jax.local_device_count()
+  size = 1 << max(n - 1, 0).bit_length()
+  return min(batch_size, -(-size // devices) * devices)
+
+
 def _batches(n: int, size: int):
   """(start, rows, valid) of the batches of `size` rows covering range(n): the last batch is
   padded with row n - 1, and `valid` (size,) marks the rows that are not padding."""
@@ -324,36 +396,36 @@ def _batches(n: int, size: int):
     yield start, np.where(valid, rows, n - 1), valid
 
 
-def gradient_check(restored: Restored, images: np.ndarray, labels: np.ndarray, key: jax.Array,
-                   defense: Defense | None = None) -> dict[str, float]:
+def gradient_check(target: Target, images: np.ndarray, labels: np.ndarray, key: jax.Array
+                   ) -> dict[str, float]:
   """The gradient of the cross-entropy through the defense's attack view at clean images.
 
   Returns:
     {"finite": fraction of finite entries, "nonzero_images": fraction of images
     whose gradient is not identically zero}.
   """
-  g = _input_gradient(restored, images, labels, key, defense, "bpda")
+  g = _input_gradient(target, images, labels, key, "bpda")
   return {"finite": float(np.isfinite(g).mean()),
           "nonzero_images": float(np.any(g != 0, axis=1).mean())}
 
 
-def gradient_agreement(restored: Restored, images: np.ndarray, labels: np.ndarray,
-                       key: jax.Array, defense: Defense | None = None) -> dict[str, Any]:
+def gradient_agreement(target: Target, images: np.ndarray, labels: np.ndarray,
+                       key: jax.Array) -> dict[str, Any]:
   """How well each approximate view follows the exact gradient, where the defense offers one.
 
-  For a defense with an "unrolled" view (the exact gradient through its whole computation),
+  For a defense with an "exact" view (the true gradient through its whole computation),
   the cosine between that gradient and each other view's, per image, under the same draw;
   computed one image at a time, whose memory the exact view needs.
 
   Returns:
     {view: {"mean": mean cosine, "min": smallest}} ({} when there is no exact view).
   """
-  defense = defense or restored.defense
-  if "unrolled" not in defense.views:
+  defense = target.defense
+  if EXACT not in defense.views:
     return {}
-  grads = {v: _input_gradient(restored, images, labels, key, defense, v, per_image=True)
+  grads = {v: _input_gradient(target, images, labels, key, v, per_image=True)
            for v in defense.views}
-  exact = grads.pop("unrolled")
+  exact = grads.pop(EXACT)
 
   def cosine(a, b):
     return np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
@@ -362,93 +434,146 @@ def gradient_agreement(restored: Restored, images: np.ndarray, labels: np.ndarra
   return {v: {"mean": float(c.mean()), "min": float(c.min())} for v, c in cosines.items()}
 
 
-def evaluate(restored: Restored, source: Restored | None, images: np.ndarray,
-             labels: np.ndarray, *, rows: Sequence[str], eps: float, step_size: float,
-             restarts: int, draws: int, seed: int, batch_size: int, sanity_eps: Sequence[float],
-             sanity_images: int, defense: Defense | None = None, store: RowStore | None = None,
-             log: Callable[[str], None] = print, norm: str = "linf"
-             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def run(target: Target, source: Target | None, images: np.ndarray, labels: np.ndarray,
+        plan: Plan, *, store: RowStore | None = None, log: Callable[[str], None] = print
+        ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Runs the attack rows, the worst case over them and the sanity checks.
 
   A "clean" row comes first whether asked for or not: every report gives the defense's clean
-  accuracy beside its robust ones (and, through its wall time, what the defense costs).
+  accuracy beside its robust ones (and, through its wall time, what the defense costs). In a
+  cascade (`plan.cascade`) each row attacks only the images that every earlier row left
+  correct under some draw; the worst case is the full run's (exactly so where an image's attack
+  does not depend on its batch: batch_size 1, or batch-independent attacks), and each row's
+  accuracy counts the images it did not attack as broken.
+
+  The sanity sweep (`plan.sanity_eps`, BPDA-PGD) runs on the first `sanity_images` images at
+  the largest step count of the rows (or 20), step max(step_size, 2.5 eps / steps) (Madry et
+  al.'s rule, so that large radii are reachable); its "accuracy ~ 0" check is at half the
+  largest distance (mid-grey from anywhere).
 
   Args:
-    rows: canonical attack strings, from `suite.parse_attacks`.
-    eps, step_size: the threat model's radius and the attacks' default step, in `norm`.
-    seed: the evaluation's seed (attacker: fold_in(seed, 0); judgement: fold_in(seed, 1)).
-    sanity_eps: radii of the BPDA-PGD sweep (empty: no sweep); it runs on the
-      first `sanity_images` images at the largest step count of `rows` (or 20),
-      step max(step_size, 2.5 eps / steps) (Madry et al.'s rule, so that large
-      radii are reachable).
-    defense: the defense to attack and judge through (default: the run's).
+    target, source: the classifier behind its defense, and the independently trained copy of
+      the transfer attacks (or None).
+    images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
+    plan: `EvalConfig.checked(...)`: the rows, radius, step, draws, seed, ...
     store: keeps finished rows (sweep rows included) for a rerun to resume from.
-    norm: the threat model's norm, "linf" or "l2" (pixel units); the sweep's radii are in it
-      and its "accuracy ~ 0" check is at half the largest distance (mid-grey from anywhere).
+    log: where the table's lines go as the rows finish.
 
   Returns:
     (record, verdicts): the JSON-serialisable record a report needs, and each
     row's (draws, N) verdicts by its canonical string, "worst_case" among them.
   """
-  root = jax.random.key(validation.integer_in("seed", seed, 0))
+  root = jax.random.key(plan.seed)
   attack_key, eval_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-  defense = defense or restored.defense
-  common = dict(restarts=restarts, draws=draws, attack_key=attack_key, eval_key=eval_key,
-                batch_size=batch_size, defense=defense, store=store, norm=norm)
-  rows = list(rows) if "clean" in rows else ["clean", *rows]
-  for spec in rows:  # every row's arguments, before the first one runs
-    check_attack(spec, defense, has_source=source is not None, norm=norm)
-  largest = max_radius(norm, images.shape[1:])
-  m = validation.integer_in("sanity_images", sanity_images, 1, len(images))
-  results = []
-  for spec in rows:
-    r = run_attack(restored, source, images, labels, spec=spec, eps=eps, step_size=step_size,
-                   **common)
+  defense = target.defense
+  draws = plan.draws
+  common = dict(restarts=plan.restarts, draws=draws, attack_key=attack_key, eval_key=eval_key,
+                batch_size=plan.batch_size, store=store, norm=plan.norm,
+                progress=plan.progress, log=log)
+  for spec in plan.rows:  # every row's arguments, before the first one runs
+    check_attack(spec, defense, has_source=source is not None, norm=plan.norm)
+  largest = max_radius(plan.norm, images.shape[1:])
+  m = min(plan.sanity_images, len(images))
+  results, worst = [], np.ones((draws, len(images)), bool)
+  for spec in plan.rows:
+    subset = worst.any(0) if plan.cascade and spec != "clean" else None
+    r = run_attack(target, source, images, labels, spec=spec, eps=plan.eps,
+                   step_size=plan.step_size, subset=subset, **common)
+    worst = worst & r.correct
     reused = store is not None and store.reused and store.reused[-1] == r.spec
-    log(f"{r.label:>20}  accuracy {r.accuracy:7.2%}  mean over {draws} draws "
-        f"{r.mean_over_draws:7.2%}  robust in all {r.robust_all_draws:7.2%}  "
-        f"({'reused' if reused else f'{r.wall_s:.1f} s'})")
+    attacked = f", {r.attacked} attacked" if subset is not None else ""
+    log(f"{r.label:>20}  accuracy {r.accuracy:7.2%}" +
+        (f"  mean over {draws} draws {r.mean_over_draws:7.2%}  robust in all "
+         f"{r.robust_all_draws:7.2%}" if draws > 1 else "") +
+        (f"  worst so far {worst[0].mean():7.2%}" if plan.cascade else "") +
+        f"  ({'reused' if reused else f'{r.wall_s:.1f} s'}{attacked})")
     results.append(r)
-  worst = worst_case(results)
-  worst_summary = {"accuracy": float(worst[0].mean()), "mean_over_draws": float(worst.mean()),
-                   "robust_all_draws": float(worst.all(0).mean()), "images": worst.shape[1]}
-  log(f"{'worst case':>20}  accuracy {worst_summary['accuracy']:7.2%}  robust in all "
-      f"{worst_summary['robust_all_draws']:7.2%}")
+  worst_summary = summary(worst)
+  log(f"{'worst case':>20}  accuracy {worst_summary['accuracy']:7.2%}  "
+      f"[{worst_summary['interval95'][0]:.2%}, {worst_summary['interval95'][1]:.2%}]" +
+      (f"  robust in all {worst_summary['robust_all_draws']:7.2%}" if draws > 1 else ""))
 
-  grads = gradient_check(restored, images[:m], labels[:m], jax.random.fold_in(root, 2),
-                         defense=defense)
-  checks = sanity.gradients(grads)
+  k_grad, k_agree, k_random = (jax.random.fold_in(root, i) for i in (2, 3, 4))
+  grads = gradient_check(target, images[:m], labels[:m], k_grad)
+  checks = sanity.gradients(grads) + sanity.outputs(_clean_logits(target, images[:m])) + \
+      sanity.randomness(defense.randomized, detect_randomness(target, images[:m], k_random))
   steps = [r.steps for r in results if r.steps is not None]
   sweep_steps = max(steps, default=20)
   sweep, sweep_rows = [], []
-  for e in sanity_eps:
-    e = validation.number_in("sanity_eps", e, 0.0, largest)
-    r = run_attack(restored, source, images[:m], labels[:m], spec=f"bpda_pgd(steps={sweep_steps})",
-                   eps=e, step_size=max(step_size, 2.5 * e / sweep_steps), **common)
+  for e in plan.sanity_eps:
+    r = run_attack(target, source, images[:m], labels[:m], spec=f"bpda_pgd(steps={sweep_steps})",
+                   eps=e, step_size=max(plan.step_size, 2.5 * e / sweep_steps), **common)
     log(f"  sanity sweep: bpda_pgd-{sweep_steps} eps {e:.4g}: {r.accuracy:.2%}")
     sweep.append((e, r.accuracy))
     sweep_rows.append(r)
   checks += sanity.eps_sweep(sweep, m, unbounded=0.5 * largest) + \
-      sanity.attack_order(results, defense.randomized) + sanity.loss_order(results) + \
-      sanity.steps_monotone(results)
-  agreement = gradient_agreement(restored, images[:m], labels[:m], jax.random.fold_in(root, 3),
-                                 defense=defense)
+      sanity.score_based(results)
+  if not plan.cascade:  # a cascade's rows see different images: only the worst case compares
+    checks += sanity.attack_order(results, defense.randomized) + sanity.loss_order(results) + \
+        sanity.steps_monotone(results)
+  warnings = sanity.too_few(m) if plan.sanity_eps else []
+  agreement = gradient_agreement(target, images[:m], labels[:m], k_agree)
   for view, cos in agreement.items():
-    log(f"  gradient agreement: {view} against unrolled, cosine mean {cos['mean']:.3f} "
+    log(f"  gradient agreement: {view} against {EXACT}, cosine mean {cos['mean']:.3f} "
         f"min {cos['min']:.3f}")
   verdicts = {r.spec: r.correct for r in results}
   verdicts["worst_case"] = worst
   record = {"results": [r.summary() for r in results], "worst_case": worst_summary,
-            "sanity": {"checks": [dataclasses.asdict(c) for c in checks],
+            "sanity": {"checks": [dataclasses.asdict(c) for c in checks], "warnings": warnings,
                        "eps_sweep": {"attack": "bpda_pgd", "steps": sweep_steps, "images": m,
-                                     "accuracy": [{"eps": e, "accuracy": a} for e, a in sweep]},
+                                     "accuracy": [{"eps": e, "accuracy": a,
+                                                   "interval95": list(wilson(a, m))}
+                                                  for e, a in sweep]},
                        "gradients": grads, "gradient_agreement": agreement},
-            "eps": eps, "norm": norm, "step_size": step_size, "restarts": restarts,
-            "draws": draws,
-            "seed": seed, "images": len(images), "pixels": int(np.prod(images.shape[1:])),
-            "batch_size": batch_size,
-            "defense": defense.describe(),
+            "eps": plan.eps, "eps_as_given": plan.config.eps, "norm": plan.norm,
+            "step_size": plan.step_size, "restarts": plan.restarts, "draws": draws,
+            "cascade": plan.cascade, "seed": plan.seed, "images": len(images),
+            "pixels": int(np.prod(images.shape[1:])), "batch_size": plan.batch_size,
+            "defense": defense.describe(), "defense_spec": _spec_or_none(defense),
             # The attacks' own times, kept with their rows: a resumed evaluation reports the
             # times of the rows as they were computed.
             "wall_s": sum(r.wall_s for r in results + sweep_rows)}
   return record, verdicts
+
+
+def _spec_or_none(defense: Defense) -> str | None:
+  try:
+    return defense.spec()
+  except ValueError:  # a defense class that was never registered
+    return None
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+  """The 95 % Wilson score interval of a proportion p observed on n images."""
+  if n == 0:
+    return 0.0, 1.0
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+  return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def summary(correct: np.ndarray) -> dict[str, Any]:
+  """(draws, N) verdicts -> accuracy under the first draw with its 95 % interval, the mean over
+  draws, the fraction robust in every draw, N."""
+  n = correct.shape[1]
+  accuracy = float(correct[0].mean())
+  return {"accuracy": accuracy, "interval95": list(wilson(accuracy, n)),
+          "mean_over_draws": float(correct.mean()), "robust_all_draws": float(correct.all(0).mean()),
+          "images": n}
+
+
+def _clean_logits(target: Target, images: np.ndarray) -> np.ndarray:
+  """(M, classes) the network's outputs on clean images (without the defense)."""
+  return np.asarray(jax.jit(target.apply_fn)(target.variables, jnp.asarray(images, jnp.float32)))
+
+
+def detect_randomness(target: Target, images: np.ndarray, key: jax.Array) -> bool:
+  """Whether two draws of the defense (different keys) on the same images differ."""
+  defense = target.defense
+  if not defense.preprocesses:
+    return False
+  x = jnp.asarray(images[:8], jnp.float32)
+  level = jnp.full(x.shape[:1], defense.test_level, jnp.float32)
+  draw = jax.jit(lambda k: defense.transform(jax.random.split(k, x.shape[0]), x, level))
+  a, b = draw(jax.random.fold_in(key, 0)), draw(jax.random.fold_in(key, 1))
+  return bool(jnp.any(a != b))

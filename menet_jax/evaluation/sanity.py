@@ -17,6 +17,8 @@ import itertools
 import math
 from typing import Sequence
 
+import numpy as np
+
 from menet_jax.evaluation import suite
 
 # Accuracy with a budget that allows any image (eps = 0.5 reaches mid-grey from anywhere).
@@ -135,3 +137,57 @@ def gradients(stats: dict[str, float]) -> list[Check]:
                 f"{stats['finite']:.2%} of gradient entries finite"),
           Check("gradients nonzero", stats["nonzero_images"] == 1.0,
                 f"{stats['nonzero_images']:.2%} of images have a nonzero gradient")]
+
+
+def score_based(results: Sequence) -> list[Check]:
+  """A score- or decision-based attack must not break images that every white-box attack left
+  robust (AutoAttack's check, on its Square attack): where it does, the white-box attacks'
+  gradients mislead them. Counted per image under the first draw, after all rows; allowed: one
+  image or 1 % of them, whichever is more (AutoAttack warns at any)."""
+  blind = [r for r in results if suite.threat(r.attack).access in ("score-based",
+                                                                    "decision-based")]
+  white = [r for r in results if suite.threat(r.attack).access == "white-box"]
+  if not blind or not white:
+    return []
+  n = results[0].images
+  robust_white = np.logical_and.reduce([r.correct[0] for r in white])
+  # In a cascade an image that a white-box row broke is attacked by no later row and counts as
+  # broken in it: robust_white is False there, so only images the blind rows attacked count.
+  broken_blind = ~np.logical_and.reduce([r.correct[0] for r in blind])
+  extra = int(np.sum(robust_white & broken_blind))
+  allowed = max(1, int(0.01 * n))
+  ok = extra <= allowed
+  names = ", ".join(r.label for r in blind)
+  return [Check("score-based attacks find nothing the white-box ones missed", ok,
+                f"{names} broke {extra} of {n} images that every white-box attack left robust "
+                f"({'<=' if ok else '>'} {allowed} allowed)")]
+
+
+def outputs(logits: np.ndarray) -> list[Check]:
+  """The network's outputs on clean images are finite logits, not probabilities (attacks on a
+  softmax output see gradients that vanish as it saturates: AutoAttack refuses them too)."""
+  finite = bool(np.isfinite(logits).all())
+  probabilities = bool(np.all((logits >= 0) & (logits <= 1)) and
+                       np.allclose(logits.sum(-1), 1.0, atol=1e-3))
+  detail = ("non-finite outputs on clean images" if not finite else
+            "the outputs are probabilities (rows in [0, 1] summing to 1): give the attacks "
+            "logits" if probabilities else "finite, not probabilities")
+  return [Check("outputs are finite logits", finite and not probabilities, detail)]
+
+
+def randomness(declared: bool, detected: bool) -> list[Check]:
+  """A defense whose draws differ must say so (`Defense.randomized`): otherwise it is attacked
+  without EOT and judged under one draw, and its robustness is overstated."""
+  ok = declared or not detected
+  return [Check("randomness declared", ok,
+                f"declared {'randomized' if declared else 'deterministic'}; two draws "
+                f"{'differ' if detected else 'agree'}")]
+
+
+def too_few(images: int, enough: int = 100) -> list[str]:
+  """A warning when the sanity checks run on fewer than `enough` images: their noise
+  allowance (two standard errors) is then wide enough to pass almost anything."""
+  if images >= enough:
+    return []
+  return [f"the sanity checks ran on {images} images: with fewer than {enough} their noise "
+          f"allowance is wide, and a pass means little"]

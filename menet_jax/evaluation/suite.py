@@ -114,17 +114,53 @@ def names() -> tuple[str, ...]:
   return ATTACKS.names()
 
 
-def parse_attacks(entries: list[str], default_steps: list[int], norm: str = "linf"
-                  ) -> list[str]:
+# AutoAttack's two versions (Croce & Hein 2020), at its budgets, every gradient attack through
+# the defense's view (BPDA unless the attack names another): "standard" for a deterministic
+# defense (APGD-CE, APGD-T on 9 targets, FAB-T on 9 targets, Square at 5,000 queries, run as a
+# cascade), "rand" for a randomized one (APGD-CE and APGD-DLR, each step averaging 20 draws).
+# Under l2 the standard version lacks Square (this project's Square is l-inf only).
+_WHITE_BOX = ("apgd_ce(steps=100)", "apgd_t(steps=100, targets=9)", "fab_t(steps=100, targets=9)")
+_EOT = ("apgd_ce(steps=100, samples=20)", "apgd_dlr(steps=100, samples=20)")
+PRESETS = {
+    "standard": {"linf": (*_WHITE_BOX, "square(queries=5000, rescale=False)"),
+                 "l2": _WHITE_BOX},
+    "rand": {"linf": _EOT, "l2": _EOT},
+}
+
+
+def preset(name: str, norm: str = "linf", randomized: bool | None = None) -> tuple[str, ...]:
+  """The attack rows of preset `name` ("standard", "rand", or "auto": "rand" for a randomized
+  defense, "standard" otherwise) under `norm`."""
+  if name == "auto":
+    if randomized is None:
+      raise ValueError("the 'auto' preset needs to know whether the defense is randomized")
+    name = "rand" if randomized else "standard"
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; presets: auto, {', '.join(PRESETS)}")
+  if norm not in PRESETS[name]:
+    raise ValueError(f"preset {name!r} has no {norm} version (its attacks run under "
+                     f"{', '.join(PRESETS[name])} only); name the attacks instead")
+  return PRESETS[name][norm]
+
+
+def is_preset(entry: str) -> bool:
+  return entry == "auto" or entry in PRESETS
+
+
+def parse_attacks(entries: list[str], default_steps: list[int], norm: str = "linf",
+                  randomized: bool | None = None) -> list[str]:
   """Attack entries -> the canonical component string of every row, validated before any work.
 
-  An entry is a component string ("bpda_eot(steps=200, samples=40)") or the
-  shorthand name@s1/s2 for steps=s1 and steps=s2. An iterative attack whose
-  entry sets no steps runs at each of `default_steps`. Every attack must run
-  under the threat model's `norm`.
+  An entry is a component string ("bpda_eot(steps=200, samples=40)"), the
+  shorthand name@s1/s2 for steps=s1 and steps=s2, or a preset's name ("standard",
+  "rand", "auto": `preset`) for its rows. An iterative attack whose entry sets no
+  steps runs at each of `default_steps`. Every attack must run under the threat
+  model's `norm`.
   """
   rows = []
-  for entry in entries:
+  expanded = [e for entry in entries
+              for e in (preset(entry, norm, randomized) if is_preset(entry) else (entry,))]
+  for entry in expanded:
     spec, _, steps_text = entry.partition("@")
     name, given = parse(spec)
     t = threat(name)
@@ -259,17 +295,44 @@ def _apgd(loss):
     samples = samples if ctx.defense.randomized else 1
     averaged = attacks.eot(lambda xa, k: loss(ctx.through(xa, k, view), y), k_draws, samples,
                            chunk=min(chunk, samples))
-    return attacks.apgd(averaged, k_start, x, eps=ctx.eps, steps=_positive_steps(steps))
+    return attacks.apgd(averaged, k_start, x, eps=ctx.eps, steps=_positive_steps(steps),
+                        norm=ctx.norm)
   return run
 
 
 register("apgd_ce", threat=Threat("white-box", "apgd", "cross_entropy", iterative=True,
-                                  random=True),
+                                  random=True, norms=attacks.NORMS),
          description="APGD on cross-entropy through the defense (BPDA, `samples` draws per "
                      "step)")(_apgd(attacks.cross_entropy))
-register("apgd_dlr", threat=Threat("white-box", "apgd", "dlr", iterative=True, random=True),
+register("apgd_dlr", threat=Threat("white-box", "apgd", "dlr", iterative=True, random=True,
+                                   norms=attacks.NORMS),
          description="APGD on the DLR loss through the defense (BPDA, `samples` draws per "
                      "step)")(_apgd(attacks.dlr))
+
+
+@register("apgd_t", threat=Threat("white-box", "apgd", "dlr_targeted", iterative=True,
+                                  random=True, norms=attacks.NORMS),
+          description="APGD-T: APGD on the targeted DLR loss towards each of the `targets` "
+                      "classes with the next largest clean logits, through the defense (BPDA), "
+                      "a fresh draw per step")
+def _apgd_t(ctx, key, x, y, *, steps: int = 100, targets: int = 9, view: str = "bpda"):
+  k_start, k_draws = jax.random.split(key)
+  logits = lambda xa, t: ctx.through(xa, jax.random.fold_in(k_draws, t), view)
+  return attacks.apgd_targeted(logits, k_start, x, y, eps=ctx.eps, steps=_positive_steps(steps),
+                               targets=targets, norm=ctx.norm)
+
+
+@register("fab_t", threat=Threat("white-box", "fab", "fab", iterative=True, random=True,
+                                  norms=attacks.NORMS),
+          description="FAB-T: the fast adaptive boundary attack towards each of the `targets` "
+                      "classes with the next largest clean logits, through the defense (BPDA), "
+                      "its closest adversarial point kept where it is within eps")
+def _fab_t(ctx, key, x, y, *, steps: int = 100, targets: int = 9, restarts: int = 1,
+           view: str = "bpda"):
+  k_search, k_draws = jax.random.split(key)
+  logits = lambda xa, t: ctx.through(xa, jax.random.fold_in(k_draws, t), view)
+  return attacks.fab_t(logits, k_search, x, y, eps=ctx.eps, steps=_positive_steps(steps),
+                       targets=targets, norm=ctx.norm, restarts=restarts)
 
 
 @register("approx_input", threat=Threat("white-box", "approx_input", "cross_entropy",
@@ -307,10 +370,10 @@ def _spsa(ctx, key, x, y, *, samples: int = 2048, steps: int = 100, lr: float = 
 @register("square", threat=Threat("score-based", "square", "margin", random=True),
           description="Square attack: random search over the eps-ball's vertices on the margin "
                       "of the defended scores (`queries` forward passes, a fresh draw each)")
-def _square(ctx, key, x, y, *, queries: int = 5000, p_init: float = 0.8):
+def _square(ctx, key, x, y, *, queries: int = 5000, p_init: float = 0.8, rescale: bool = True):
   k_search, k_draws = jax.random.split(key)
   return attacks.square(_fresh(ctx.defended, attacks.margin, y, k_draws), k_search, x,
-                        eps=ctx.eps, queries=queries, p_init=p_init)
+                        eps=ctx.eps, queries=queries, p_init=p_init, rescale=rescale)
 
 
 @register("boundary", threat=Threat("decision-based", "boundary", "decision", random=True,

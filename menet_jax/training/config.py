@@ -54,7 +54,8 @@ TEST_SPLIT = {"tiny_imagenet": "validation"}
 
 # Fields that say where things are or how the run is shown, not what is computed:
 # a restarted run may change them.
-RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "eval_batch_size")
+RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "eval_batch_size",
+                  "imports")
 
 
 def pgd_defaults(dataset: str) -> dict[str, float]:
@@ -112,6 +113,8 @@ class Config:
     checkpoint_every [steps, 0 = once per epoch], keep_checkpoints.
     eval_batch_size, log_every, progress, workdir, data_dir, cache_dir: where
       and how (RUNTIME_FIELDS; a resumed run may change them).
+    imports: plug-in modules (utils.plugins) that register components the run names; whatever
+      reads the run imports them first (runtime: a resumed run may add one).
   """
   dataset: str
   workdir: str
@@ -138,12 +141,14 @@ class Config:
   eval_batch_size: int = 500
   log_every: int = 50
   progress: bool = True
+  imports: tuple[str, ...] = ()
 
   def __post_init__(self):
     # The stored form writes every parameter out, so that equal runs compare equal.
     object.__setattr__(self, "defense", defenses.create(self.defense).spec())
     object.__setattr__(self, "objective", objectives.create(self.objective).spec())
     object.__setattr__(self, "lr_boundaries", tuple(self.lr_boundaries))
+    object.__setattr__(self, "imports", tuple(self.imports))
 
   @classmethod
   def for_dataset(cls, dataset: str, *, mode: str | None = None, **overrides) -> "Config":
@@ -186,6 +191,7 @@ class Config:
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
     out["lr_boundaries"] = list(self.lr_boundaries)
+    out["imports"] = list(self.imports)
     return out
 
   @classmethod
@@ -198,6 +204,7 @@ class Config:
     if unknown:
       raise ValueError(f"unknown config fields {unknown}")
     values["lr_boundaries"] = tuple(values.get("lr_boundaries", ()))
+    values["imports"] = tuple(values.get("imports", ()))
     return cls(**values)
 
   def identity(self) -> dict[str, Any]:

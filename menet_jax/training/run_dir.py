@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from menet_jax.training import config as config_lib
-from menet_jax.utils import dicts
+from menet_jax.utils import dicts, plugins
 
 
 class RunMismatch(ValueError):
@@ -32,6 +32,9 @@ def _flagfile(config: config_lib.Config) -> str:
   lines = []
   for name, value in config.to_json().items():
     if value is None:
+      continue
+    if name == "imports":  # the command line's repeatable --import, one line per module
+      lines += [f"--import={module}" for module in value]
       continue
     if isinstance(value, list):
       value = ",".join(map(str, value))
@@ -59,7 +62,9 @@ def prepare(config: config_lib.Config, *, create: bool = True) -> tuple[Path, bo
   if workdir.exists() and not workdir.is_dir():
     raise RunMismatch(f"workdir {workdir} exists and is not a directory")
   if config_file.is_file():
-    stored = config_lib.Config.from_json(json.loads(config_file.read_text())).identity()
+    values = json.loads(config_file.read_text())
+    plugins.load(values.get("imports", ()))  # the stored run may name plug-ins' components
+    stored = config_lib.Config.from_json(values).identity()
     diff = dicts.differences(stored, config.identity(), where="the directory")
     if diff:
       raise RunMismatch(f"workdir {workdir} holds a different run ({'; '.join(diff)}); "

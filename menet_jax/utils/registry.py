@@ -186,10 +186,14 @@ class Registry:
     """Calls the registered class or factory with the string's parameters."""
     return self.lookup(spec, **overrides)()
 
+  def name_of(self, obj: Any) -> str | None:
+    """The name `obj` is registered under, or None."""
+    return next((n for n, e in self._entries.items() if e.obj is obj), None)
+
   def spec_of(self, instance: Any) -> str:
     """The component string of an instance of a registered dataclass: its registered name with
     every field written out."""
-    name = next((n for n, e in self._entries.items() if e.obj is type(instance)), None)
+    name = self.name_of(type(instance))
     if name is None:
       raise ValueError(f"{type(instance).__name__} is not a registered {self.kind}")
     return format_spec(name, {f.name: getattr(instance, f.name)

@@ -40,7 +40,10 @@ def real_number(name: str, value: Any) -> float:
 
 def number_in(name: str, value: Any, lo: float, hi: float, *,
               lo_open: bool = False, hi_open: bool = False) -> float:
-  """Checks lo <(=) value <(=) hi and returns it as a float."""
+  """Checks lo <(=) value <(=) hi and returns it as a float; a traced scalar (an argument of a
+  compiled function, checked by its caller before tracing) is returned as it is."""
+  if not is_concrete(value) and getattr(value, "shape", None) == ():
+    return value
   v = real_number(name, value)
   too_low = v <= lo if lo_open else v < lo
   too_high = v >= hi if hi_open else v > hi

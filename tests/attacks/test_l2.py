@@ -1,11 +1,12 @@
-"""l2 attacks against the analytic optima of linear models: l2-PGD and Carlini-Wagner l2."""
+"""l2 attacks against the analytic optima of linear models: l2-PGD, l2-APGD and Carlini-Wagner
+l2."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax.attacks import cw_l2, pgd
+from menet_jax.attacks import apgd, cw_l2, pgd
 
 
 def test_l2_pgd_reaches_the_analytic_optimum_of_a_linear_loss():
@@ -21,6 +22,22 @@ def test_l2_pgd_reaches_the_analytic_optimum_of_a_linear_loss():
   # eps / (eps + step): 80 steps leave 0.8^80 ~ 2e-8 of it.
   want = x + eps * w / np.linalg.norm(w, axis=1, keepdims=True)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_l2_apgd_reaches_the_analytic_optimum_of_a_linear_loss():
+  # The same optimum, eps w / |w|_2, for APGD's l2 steps (g / |g|_2, radial projection).
+  rng = np.random.default_rng(4)
+  x = (0.3 + 0.4 * rng.random((5, 64))).astype(np.float32)
+  w = rng.normal(size=(5, 64)).astype(np.float32)
+  eps = 0.5
+  got = apgd(lambda xa, t: jnp.sum(w * xa, -1), jax.random.key(0), jnp.asarray(x), eps=eps,
+             steps=100, norm="l2")
+  want = x + eps * w / np.linalg.norm(w, axis=1, keepdims=True)
+  # The objective's gap to the optimum, relative to its eps |w|_2 range: the l2 step's
+  # projections converge geometrically; 1e-4 leaves room for APGD's halved steps.
+  gap = np.sum(w * (want - np.asarray(got)), 1) / (eps * np.linalg.norm(w, axis=1))
+  assert np.all(gap >= -1e-6) and np.all(gap <= 1e-4), gap
+  assert np.linalg.norm(np.asarray(got) - x, axis=1).max() <= eps + 1e-5
 
 
 def test_l2_pgd_stays_in_the_ball_and_the_box_and_starts_uniformly():

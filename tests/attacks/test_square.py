@@ -19,6 +19,9 @@ def test_window_fraction_follows_the_papers_schedule():
     assert float(fraction(0.8, jnp.int32(i), 10000)) == pytest.approx(p), i
   assert float(fraction(0.8, jnp.int32(2), 1000)) == pytest.approx(0.4)  # 20 of 10,000
   assert float(fraction(0.8, jnp.int32(6), 1000)) == pytest.approx(0.2)  # 60 of 10,000
+  # Unrescaled (AutoAttack's 5,000 queries): the iterations of the 10,000-query schedule.
+  assert float(fraction(0.8, jnp.int32(60), 1000, rescale=False)) == pytest.approx(0.2)
+  assert float(fraction(0.8, jnp.int32(4999), 5000, rescale=False)) == pytest.approx(0.00625)
 
 
 def _linear(w, b):

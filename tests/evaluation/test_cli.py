@@ -39,8 +39,8 @@ def _cli(args, entry="experiments.cifar10"):
     (["--attack_steps=7.5"], "error: attack_steps must be ints"),
     (["--sanity_eps=-1"], "error: sanity_eps must be in [0.0, 1.0]"),
     (["--norm=l2"], "error: --norm=l2 needs --eps"),
-    (["--norm=l2", "--eps=1", "--attacks=clean,apgd_ce"],
-     "error: attack 'apgd_ce' runs under the linf threat model only, not norm='l2'"),
+    (["--norm=l2", "--eps=1", "--attacks=clean,square"],
+     "error: attack 'square' runs under the linf threat model only, not norm='l2'"),
     ([], "error: no trained run in"),
 ])
 def test_eval_cli_errors(tmp_path, args, match):
@@ -192,7 +192,7 @@ def test_a_failed_sanity_check_fails_the_command_unless_allowed(trained_run):
   assert failed.returncode == 1, failed.stderr[-3000:]
   assert "SANITY CHECKS FAILED" in failed.stderr and "gradients nonzero: 0.00%" in failed.stderr
   record = json.loads((trained_run / "eval" / "f.json").read_text())
-  assert record["defense"] == {"defense": "Masked"}
+  assert record["defense"] == {"defense": "masked"}
   allowed = run("--allow_failed_checks")
   assert allowed.returncode == 0, allowed.stderr[-3000:]
   assert "SANITY CHECKS FAILED" in allowed.stderr
@@ -221,9 +221,9 @@ def test_l2_evaluation_reports_pixel_and_per_pixel_radii(trained_run):
   record = json.loads((trained_run / "eval" / "l2.json").read_text())
   assert record["norm"] == "l2" and record["pixels"] == 32 * 32 * 3
   assert all(r["max_l2"] <= 0.5 + 1e-5 for r in record["results"])
-  # The default sweep under l2: 0, eps, 2 eps and half the largest distance, sqrt(3072) / 2.
+  # The default sweep: 0, eps / 4, eps, 2 eps and half the largest distance, sqrt(3072) / 2.
   sweep = [a["eps"] for a in record["sanity"]["eps_sweep"]["accuracy"]]
-  np.testing.assert_allclose(sweep, [0.0, 0.5, 1.0, 0.5 * np.sqrt(3072)], rtol=1e-6)
+  np.testing.assert_allclose(sweep, [0.0, 0.125, 0.5, 1.0, 0.5 * np.sqrt(3072)], rtol=1e-6)
   md = (trained_run / "eval" / "l2.md").read_text()
   assert f"l2 eps 0.5 (|x_adv - x|_2, pixels in [0, 1]; {0.5 / 3072:.4g} per pixel" in md
   assert "accuracy ~ 0 at eps 27.71" in md
@@ -250,3 +250,63 @@ def test_two_cpu_devices_give_the_one_device_verdicts(trained_run):
   assert sorted(verdicts[1]) == sorted(verdicts[2])
   for name, one in verdicts[1].items():
     np.testing.assert_array_equal(verdicts[2][name], one, err_msg=name)
+
+
+# A plug-in: a defense and an attack in a file outside the package, registered when imported.
+PLUGIN = """
+import dataclasses
+import jax
+import jax.numpy as jnp
+from menet_jax import defenses
+from menet_jax.evaluation import suite
+
+@defenses.register("quantize")
+@dataclasses.dataclass(frozen=True)
+class Quantize(defenses.Defense):
+  levels: int = 4
+
+  def transform(self, keys, x, level):
+    return jnp.round(x * (self.levels - 1)) / (self.levels - 1)
+
+@suite.register("sign_noise", threat=suite.Threat("none", "noise", random=True),
+                description="uniform random signs at the radius")
+def _sign_noise(ctx, key, x, y):
+  return jnp.clip(x + ctx.eps * jax.random.rademacher(key, x.shape, x.dtype), 0, 1)
+"""
+
+
+def test_a_run_trained_behind_a_plug_in_is_evaluated_by_the_stock_command(tmp_path):
+  if not CIFAR_TEST.is_file():
+    pytest.skip(f"CIFAR-10 test batch not found at {CIFAR_TEST}")
+  plugin = tmp_path / "my_plugin.py"
+  plugin.write_text(PLUGIN)
+  workdir = tmp_path / "run"
+  train = subprocess.run(
+      [sys.executable, "-m", "experiments.cifar10", f"--import={plugin}", f"--workdir={workdir}",
+       f"--data_dir={DATA_DIR}", f"--cache_dir={tmp_path / 'cache'}", "--mode=vanilla",
+       "--defense=quantize(levels=4)", "--model=small_cnn", "--train_split=train[:32]",
+       "--test_split=test[:8]", "--epochs=1", "--batch_size=16", "--eval_batch_size=8",
+       "--noprogress"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=600)
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert json.loads((workdir / "config.json").read_text())["imports"] == [str(plugin)]
+  # No --import here: the run recorded its plug-in, which defines the defense and the attack.
+  proc = _cli([f"--workdir={workdir}", "--attacks=clean,sign_noise,bpda_pgd", "--attack_steps=2",
+               "--eval_images=8", "--sanity_eps=0,0.5", "--sanity_images=8",
+               "--eval_batch_size=8", "--allow_failed_checks", "--eval_name=p"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((workdir / "eval" / "p.json").read_text())
+  assert record["defense"] == {"defense": "quantize", "levels": 4}
+  assert [r["label"] for r in record["results"]] == ["clean", "sign_noise", "bpda_pgd-2"]
+  assert record["draws"] == 1  # a deterministic defense is judged once
+  assert (workdir / "eval" / "p.png").stat().st_size > 0
+  # The report's replay command works as written.
+  command = record["command"].split()
+  assert command[:3] == ["python", "-m", "experiments.cifar10"]
+  replay = subprocess.run([sys.executable, *command[1:]], cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=600)
+  assert replay.returncode == 0, replay.stderr[-3000:]
+  assert "(5 rows reused, 0 computed)" in replay.stdout  # 3 attacks, 2 sweep radii
+  missing = _cli([f"--workdir={workdir}", "--import=no_such_plugin_module"])
+  assert missing.returncode == 2 and "--import: import 'no_such_plugin_module'" in missing.stderr

@@ -20,7 +20,7 @@ COMMON = dict(eps=0.3, step_size=0.05, restarts=2, draws=3, attack_key=jax.rando
 def _data():
   x = np.asarray(jax.random.uniform(jax.random.key(1), (12, 16, 16, 3)))
   vanilla = small_cnn()
-  y = np.array(jnp.argmax(vanilla.apply_fn(vanilla.variables, x, train=False), -1))
+  y = np.array(jnp.argmax(vanilla.apply_fn(vanilla.variables, x), -1))
   y[:4] = (y[:4] + 1) % 10  # 8 of 12 correct
   return vanilla, x, y
 
@@ -28,9 +28,10 @@ def _data():
 def test_run_attack_judges_final_examples_under_the_defense():
   vanilla, x, y = _data()
   clean = evaluation.run_attack(vanilla, None, x, y, spec="clean", **COMMON)
-  # An undefended model is deterministic: every draw agrees, and padding is ignored.
+  # An undefended model is deterministic: it is judged once (draws=3 asked), and padding is
+  # ignored.
   assert (clean.accuracy, clean.mean_over_draws, clean.robust_all_draws) == (8 / 12,) * 3
-  assert clean.correct.shape == (3, 12) and clean.max_linf == 0.0
+  assert clean.correct.shape == (1, 12) and clean.max_linf == 0.0
   np.testing.assert_array_equal(clean.correct[0], np.arange(12) >= 4)
   attacked = evaluation.run_attack(vanilla, None, x, y, spec="bpda_pgd(steps=10)", **COMMON)
   assert attacked.accuracy == 0.0 and attacked.max_linf <= 0.3 + 1e-6
@@ -55,16 +56,17 @@ def test_run_attack_judges_final_examples_under_the_defense():
   r2 = evaluation.run_attack(defended, None, x, y, spec="clean", **dict(COMMON, batch_size=12))
   np.testing.assert_array_equal(r.correct, r2.correct)
   # The same classifier behind another defense, chosen at evaluation time.
-  r3 = evaluation.run_attack(defended, None, x, y, spec="clean", defense=defenses.Identity(),
-                             **COMMON)
+  r3 = evaluation.run_attack(defended.with_defense(defenses.Identity()), None, x, y,
+                             spec="clean", **COMMON)
   np.testing.assert_array_equal(r3.correct, clean.correct)
 
 
 def test_worst_case_is_the_per_image_and_of_the_rows(tmp_path):
   vanilla, x, y = _data()
-  record, verdicts = evaluation.evaluate(
-      vanilla, None, x, y, rows=["clean", "fgsm", "pgd(steps=2)"], eps=0.02, step_size=0.01,
+  result = evaluation.evaluate(
+      vanilla, x, y, attacks=["clean", "fgsm", "pgd(steps=2)"], eps=0.02, step_size=0.01,
       restarts=1, draws=2, seed=0, batch_size=6, sanity_eps=[], sanity_images=4)
+  record, verdicts = result.record, result.verdicts
   rows = [verdicts[s] for s in ("clean", "fgsm", "pgd(step_size=None,steps=2)")]
   expected = rows[0] & rows[1] & rows[2]
   np.testing.assert_array_equal(verdicts["worst_case"], expected)
@@ -113,11 +115,13 @@ def test_a_defense_registered_outside_the_library_is_evaluated_end_to_end():
     vanilla, x, y = _data()
     toy = defenses.create("toy_noise(amount=0.2, votes=3)")
     assert toy.spec() == "toy_noise(amount=0.2,votes=3)"
-    record, verdicts = evaluation.evaluate(
-        vanilla, None, x, y, rows=suite.parse_attacks(["clean", "bpda_eot(samples=2)"], [2]),
+    result = evaluation.evaluate(
+        vanilla, x, y, attacks=["clean", "bpda_eot(samples=2)"], attack_steps=[2],
         eps=0.05, step_size=0.02, restarts=1, draws=2, seed=0, batch_size=12,
-        sanity_eps=[0.0, 0.5], sanity_images=12, defense=toy)
-    assert record["defense"] == {"defense": "ToyNoise"}
+        sanity_eps=[0.0, 0.5], sanity_images=12, defense=toy, progress=False)
+    record, verdicts = result.record, result.verdicts
+    # The default description names the registered defense with its parameters.
+    assert record["defense"] == {"defense": "toy_noise", "amount": 0.2, "votes": 3}
     assert [r["label"] for r in record["results"]] == ["clean", "bpda_eot-2"]
     assert verdicts["worst_case"].shape == (2, 12)
     assert record["sanity"]["gradients"]["finite"] == 1.0
@@ -134,10 +138,12 @@ def test_every_registered_attack_runs_through_a_defense_within_eps():
   y = np.arange(4)
   small = {"bpda_eot": "samples=2, chunk=2", "apgd_ce": "samples=2", "apgd_dlr": "samples=2",
            "projected_bpda": "rank=2", "spsa": "samples=4, steps=2", "boundary": "steps=3",
-           "cw_l2": "steps=2, binary_steps=1", "square": "queries=20"}
+           "cw_l2": "steps=2, binary_steps=1", "square": "queries=20", "apgd_t": "targets=2",
+           "fab_t": "targets=2"}
   # Under l2, one attack per code path (PGD's l2 step and its best-iterate variant, the
-  # Boundary attack's l2 projection, CW); the transfer and margin variants share pgd's.
-  l2_paths = ("pgd", "bpda_eot", "boundary", "cw_l2")
+  # Boundary attack's l2 projection, CW, FAB's l2 projection, APGD's l2 step under APGD-T); the
+  # transfer and margin variants share pgd's.
+  l2_paths = ("pgd", "bpda_eot", "boundary", "cw_l2", "fab_t", "apgd_t")
   for name in suite.names():
     for norm, eps in (("linf", 0.05), ("l2", 0.5)):
       if norm not in suite.threat(name).norms or (norm == "l2" and name not in l2_paths):
@@ -156,10 +162,11 @@ def test_every_registered_attack_runs_through_a_defense_within_eps():
 def test_ride_is_evaluated_through_its_views_with_the_gradient_agreement():
   vanilla, x, y = _data()
   d = defenses.create("ride(k=2, t=2, network=cifar)")
-  record, verdicts = evaluation.evaluate(
-      vanilla, None, x[:4], y[:4], rows=["bpda_pgd(steps=1, view=frozen)"], eps=0.03,
+  result = evaluation.evaluate(
+      vanilla, x[:4], y[:4], attacks=["bpda_pgd(steps=1, view=frozen)"], eps=0.03,
       step_size=0.01, restarts=1, draws=1, seed=0, batch_size=4, sanity_eps=[],
       sanity_images=2, defense=d)
+  record, verdicts = result.record, result.verdicts
   assert [r["label"] for r in record["results"]] == ["clean", "bpda_pgd[frozen]-1"]  # clean added
   assert record["results"][1]["spec"].endswith("view=frozen)")
   agreement = record["sanity"]["gradient_agreement"]
@@ -177,7 +184,7 @@ def test_every_row_is_checked_before_the_first_runs(rows, match):
   vanilla, x, y = _data()
   logged = []
   with pytest.raises(ValueError, match=match):
-    evaluation.evaluate(vanilla, None, x, y, rows=rows, eps=0.03, step_size=0.01, restarts=1,
+    evaluation.evaluate(vanilla, x, y, attacks=rows, eps=0.03, step_size=0.01, restarts=1,
                         draws=1, seed=0, batch_size=4, sanity_eps=[], sanity_images=2,
                         defense=defenses.create("median"), log=logged.append)
   assert logged == []  # no row ran
@@ -188,7 +195,7 @@ def test_a_sweep_on_fewer_images_never_reuses_a_row_of_all_images(tmp_path):
   # attacks the first 4 images only, so it must be computed, not read back.
   vanilla, x, y = _data()
   store = runner.RowStore(tmp_path, {"run": "test"})
-  evaluation.evaluate(vanilla, None, x, y, rows=["bpda_pgd(steps=2)"], eps=0.02, step_size=0.03,
+  evaluation.evaluate(vanilla, x, y, attacks=["bpda_pgd(steps=2)"], eps=0.02, step_size=0.03,
                       restarts=1, draws=1, seed=0, batch_size=6, sanity_eps=[0.02],
                       sanity_images=4, store=store)
   assert store.reused == [] and len(store.computed) == 3  # clean, the row, the sweep

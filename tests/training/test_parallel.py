@@ -46,12 +46,11 @@ TIMEOUT = 400  # s; each run takes 10-60 s on 2 cores
 # Per-image results on every local device: ME-Net reconstructions (USVT, per-example keys),
 # eval-mode logits of a small CNN on them, and the BPDA gradient of the loss through them.
 PER_IMAGE = """
-import sys, jax, jax.numpy as jnp, numpy as np
+import functools, sys, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 from menet_jax import data, evaluation, models
 from menet_jax.attacks import cross_entropy
 from menet_jax.defenses import MENet
-from menet_jax.training.config import Config
 from menet_jax.training.state import init_variables
 from tests.conftest import DATA_DIR
 images, labels = data.load("cifar10", "test[:16]", DATA_DIR)
@@ -59,9 +58,8 @@ x = jnp.asarray(images, jnp.float64) / 255
 defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
 net = models.create("small_cnn(dtype=float64)", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
 variables = init_variables(net, jax.random.key(0), x.shape[1:], train=False)
-restored = evaluation.Restored(apply_fn=net.apply, variables=variables, defense=defense,
-                               config=Config.for_dataset("cifar10", workdir="w"), checkpoint="",
-                               step=0)
+restored = evaluation.Target(apply_fn=functools.partial(net.apply, train=False),
+                             variables=variables, defense=defense)
 ctx = evaluation.context(restored, variables, None, None, eps=8 / 255, step_size=2 / 255)
 key = jax.random.key(1)
 recon = jax.jit(ctx.preprocess)(x, key)
