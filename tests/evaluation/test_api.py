@@ -204,3 +204,24 @@ def test_the_table_tool_compares_runs_side_by_side(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "| pgd-2 |" in out.splitlines()[0] and out.count("\n| ") == 2  # a row per run
   assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_randomized_as_a_field_survives_the_spec_round_trip():
+  @dataclasses.dataclass(frozen=True)
+  class MaybeNoisy(defenses.Defense):
+    amount: float = 0.1
+    randomized: bool = True
+
+    def transform(self, keys, x, level):
+      return x
+
+  defenses.register("maybe_noisy")(MaybeNoisy)
+  try:
+    for spec in ("maybe_noisy(amount=0.2)", "maybe_noisy(amount=0.2, randomized=False)"):
+      d = defenses.create(spec)
+      again = defenses.create(d.spec())
+      assert again == d and again.randomized == d.randomized
+      assert d.describe() == {"defense": "maybe_noisy", "amount": 0.2,
+                              "randomized": d.randomized}
+  finally:
+    defenses.DEFENSES.unregister("maybe_noisy")
