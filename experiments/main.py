@@ -216,6 +216,10 @@ def _define_eval_flags(dataset: str, fv: dict[str, Any]) -> None:
                "(default: 0, eps/4, eps, 2 eps and half the largest distance, those within "
                "reach; an empty value: none).",
                serializer=flags.ListSerializer(","), **fv)
+  flags.DEFINE(_RadiusListParser(), "curve_eps", list(defaults.curve_eps),
+               "More radii at which every attack runs again, for the report's curves of "
+               "accuracy against eps (e.g. 2/255,4/255,16/255).",
+               serializer=flags.ListSerializer(","), **fv)
   flags.DEFINE_integer("sanity_images", defaults.sanity_images,
                        "Images of the sanity checks (at most --eval_images are used).", **fv)
   flags.DEFINE_bool("allow_failed_checks", False,
@@ -337,7 +341,8 @@ def _eval_plan() -> _EvalPlan:
       restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
       batch_size=FLAGS.eval_batch_size,
       sanity_eps=None if FLAGS.sanity_eps is None else tuple(FLAGS.sanity_eps),
-      sanity_images=FLAGS.sanity_images, cascade=FLAGS.cascade, progress=FLAGS.progress)
+      sanity_images=FLAGS.sanity_images, curve_eps=tuple(FLAGS.curve_eps),
+      cascade=FLAGS.cascade, progress=FLAGS.progress)
   plan = settings.checked(config.image_shape(), defense.randomized)
   if FLAGS.source_workdir:
     source = evaluation.read_config(FLAGS.source_workdir)

@@ -35,6 +35,8 @@ class EvalConfig:
       reach; () for no sweep.
     sanity_images: images (the first ones) of the sanity checks; fewer than 100 is flagged as
       too few to mean much.
+    curve_eps: more radii at which every attack row runs again, for the figure's curves of
+      accuracy against eps (each a cascade if the evaluation is); () for none.
     cascade: attack each image only while it is still robust (AutoAttack's way: the worst case
       is the same, the time is not); None: on when the attacks are a preset.
     progress: a progress bar per attack row.
@@ -50,6 +52,7 @@ class EvalConfig:
   batch_size: int = 500
   sanity_eps: tuple[float, ...] | None = None
   sanity_images: int = 100
+  curve_eps: tuple[float, ...] = ()
   cascade: bool | None = None
   progress: bool = True
 
@@ -83,22 +86,26 @@ class EvalConfig:
       sanity = sorted(e for e in {0.0, eps / 4, eps, 2 * eps, 0.5 * largest} if e <= largest)
     else:
       sanity = [validation.number_in("sanity_eps", e, 0.0, largest) for e in self.sanity_eps]
+    curve = sorted({validation.number_in("curve_eps", e, 0.0, largest)
+                    for e in self.curve_eps} - {eps})
     cascade = all(suite.is_preset(a) for a in attacks) if self.cascade is None else \
         bool(self.cascade)
     return Plan(rows=tuple(rows), norm=norm, eps=eps, step_size=step,
-                sanity_eps=tuple(sanity), cascade=cascade,
+                sanity_eps=tuple(sanity), curve_eps=tuple(curve), cascade=cascade,
                 draws=self.draws if randomized else 1, config=self)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """An `EvalConfig` checked against its images and defense: the canonical attack rows (clean
-  first), the radius, the default step, the sweep's radii, whether to cascade, the draws."""
+  first), the radius, the default step, the sweep's and the curve's radii, whether to cascade,
+  the draws."""
   rows: tuple[str, ...]
   norm: str
   eps: float
   step_size: float
   sanity_eps: tuple[float, ...]
+  curve_eps: tuple[float, ...]
   cascade: bool
   draws: int
   config: EvalConfig

@@ -61,16 +61,19 @@ def robustness(record: dict[str, Any], path: str | Path) -> Path:
                       color="0.45", alpha=0.15)
   rows = [r for r in record["results"] if "interval95" in r]
   attacks = [r for r in rows if r["attack"] != "clean"]
+  if record.get("curve"):
+    _curves(ax, record, attacks)
+    attacks = []  # drawn as curves
   # The attacks' points sit side by side around eps, so that their intervals do not hide
   # one another.
   spread = 0.04 * eps
-  for i, r in enumerate(rows):
+  for i, r in enumerate(r for r in rows if r["attack"] == "clean" or r in attacks):
     x = 0.0 if r["attack"] == "clean" else \
         eps + spread * (attacks.index(r) - (len(attacks) - 1) / 2)
     _errorbar(ax, x, r, fmt="s", label=f"{r['label']}: {r['accuracy']:.1%}",
               color=f"C{i % 10}", alpha=0.85)
   worst = record["worst_case"]
-  if "interval95" in worst:
+  if "interval95" in worst and not record.get("curve"):
     _errorbar(ax, eps, worst, fmt="*", markersize=12, color="black",
               label=f"worst case: {worst['accuracy']:.1%}")
   ax.set_xlabel(f"{'l2' if norm == 'l2' else 'l-inf'} radius eps")
@@ -84,6 +87,29 @@ def robustness(record: dict[str, Any], path: str | Path) -> Path:
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   return _save(fig, plt, path)
+
+
+def _curves(ax, record: dict[str, Any], attacks: list[dict[str, Any]]) -> None:
+  """One line per attack and one for the worst case over the evaluation's radius and the
+  curve's (`EvalConfig.curve_eps`), each point with its 95 % interval as a band."""
+  clean = next(r for r in record["results"] if r["attack"] == "clean")
+  points = sorted([(record["eps"], {r["label"]: r for r in attacks}, record["worst_case"])] +
+                  [(c["eps"], {r["label"]: r for r in c["results"]}, c["worst_case"])
+                   for c in record["curve"]], key=lambda p: p[0])
+  series = [(r["label"], lambda by, label=r["label"]: by[0].get(label)) for r in attacks]
+  series.append(("worst case", lambda by: by[1]))
+  for i, (label, pick) in enumerate(series):
+    xs, ys, lo, hi = [0.0], [clean["accuracy"]], [clean["interval95"][0]], [clean["interval95"][1]]
+    for e, by_label, worst in points:
+      r = pick((by_label, worst))
+      if r is not None:
+        xs.append(e)
+        ys.append(r["accuracy"])
+        lo.append(r["interval95"][0])
+        hi.append(r["interval95"][1])
+    style = dict(color="black", lw=2) if label == "worst case" else dict(color=f"C{(i + 1) % 10}")
+    ax.plot(xs, ys, "o-", label=f"{label}: {ys[xs.index(record['eps'])]:.1%} at eps", **style)
+    ax.fill_between(xs, lo, hi, alpha=0.12, color=style["color"])
 
 
 def compare(records: Sequence[dict[str, Any]], names: Sequence[str], path: str | Path) -> Path:

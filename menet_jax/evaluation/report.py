@@ -68,6 +68,19 @@ def markdown(record: dict[str, Any]) -> str:
   if cascade:
     lines += ["", "In a cascade each attack runs only on the images that every attack above it "
               "left robust; its accuracy counts the others as broken."]
+  if record.get("curve"):
+    attacks = [r for r in rows if r["attack"] != "clean"]
+    points = sorted([(record["eps"], {r["label"]: r for r in attacks}, worst)] +
+                    [(c["eps"], {r["label"]: r for r in c["results"]}, c["worst_case"])
+                     for c in record["curve"]], key=lambda p: p[0])
+    lines += ["", "Every attack at more radii (the figure's curves):", "",
+              "| eps | " + " | ".join([*(r["label"] for r in attacks), WORST_CASE]) + " |",
+              "|---|" + "---|" * (len(attacks) + 1)]
+    for e, by_label, w in points:
+      radius = f"{e:.4g}" if l2 else curves.linf_text(e)
+      lines.append(f"| {radius} | " + " | ".join(
+          [*(f"{by_label[r['label']]['accuracy']:.1%}" for r in attacks),
+           f"{w['accuracy']:.1%} {_interval(w)}"]) + " |")
   sanity = record["sanity"]
   failed = [c for c in sanity["checks"] if not c["passed"]]
   lines += ["", "## Sanity checks (gradient masking)", ""]

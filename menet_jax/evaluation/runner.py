@@ -474,20 +474,41 @@ def run(target: Target, source: Target | None, images: np.ndarray, labels: np.nd
     check_attack(spec, defense, has_source=source is not None, norm=plan.norm)
   largest = max_radius(plan.norm, images.shape[1:])
   m = min(plan.sanity_images, len(images))
-  results, worst = [], np.ones((draws, len(images)), bool)
-  for spec in plan.rows:
-    subset = worst.any(0) if plan.cascade and spec != "clean" else None
-    r = run_attack(target, source, images, labels, spec=spec, eps=plan.eps,
-                   step_size=plan.step_size, subset=subset, **common)
-    worst = worst & r.correct
-    reused = store is not None and store.reused and store.reused[-1] == r.spec
-    attacked = f", {r.attacked} attacked" if subset is not None else ""
-    log(f"{r.label:>20}  accuracy {r.accuracy:7.2%}" +
-        (f"  mean over {draws} draws {r.mean_over_draws:7.2%}  robust in all "
-         f"{r.robust_all_draws:7.2%}" if draws > 1 else "") +
-        (f"  worst so far {worst[0].mean():7.2%}" if plan.cascade else "") +
-        f"  ({'reused' if reused else f'{r.wall_s:.1f} s'}{attacked})")
-    results.append(r)
+  def attack_rows(specs: Sequence[str], eps: float, step_size: float, start: np.ndarray
+                  ) -> tuple[list[Row], np.ndarray]:
+    """Every row at one radius (a cascade if the plan is one), the images of `start` (draws, N)
+    counted as robust so far; the rows and their worst case."""
+    rows, worst = [], start.copy()
+    for spec in specs:
+      subset = worst.any(0) if plan.cascade and spec != "clean" else None
+      r = run_attack(target, source, images, labels, spec=spec, eps=eps, step_size=step_size,
+                     subset=subset, **common)
+      worst = worst & r.correct
+      reused = store is not None and store.reused and store.reused[-1] == r.spec
+      attacked = f", {r.attacked} attacked" if subset is not None else ""
+      at = f" (eps {eps:.4g})" if eps != plan.eps else ""
+      log(f"{r.label:>20}  accuracy {r.accuracy:7.2%}" +
+          (f"  mean over {draws} draws {r.mean_over_draws:7.2%}  robust in all "
+           f"{r.robust_all_draws:7.2%}" if draws > 1 else "") +
+          (f"  worst so far {worst[0].mean():7.2%}" if plan.cascade else "") +
+          f"  ({'reused' if reused else f'{r.wall_s:.1f} s'}{attacked}){at}")
+      rows.append(r)
+    return rows, worst
+
+  results, worst = attack_rows(plan.rows, plan.eps, plan.step_size,
+                               np.ones((draws, len(images)), bool))
+  curve, curve_rows, curve_verdicts = [], [], {}
+  for e in plan.curve_eps:  # the same attacks at more radii, for the figure
+    step = plan.step_size * e / plan.eps if plan.eps > 0 and e > 0 else plan.step_size
+    rows_e, worst_e = attack_rows([s for s in plan.rows if s != "clean"], e, step,
+                                  results[0].correct)
+    curve.append({"eps": e, "results": [{"label": r.label, "accuracy": r.accuracy,
+                                         "interval95": list(wilson(r.accuracy, r.images))}
+                                        for r in rows_e],
+                  "worst_case": summary(worst_e)})
+    curve_rows += rows_e
+    curve_verdicts.update({f"{r.spec}@{e:g}": r.correct for r in rows_e})
+    curve_verdicts[f"worst_case@{e:g}"] = worst_e
   worst_summary = summary(worst)
   log(f"{'worst case':>20}  accuracy {worst_summary['accuracy']:7.2%}  "
       f"[{worst_summary['interval95'][0]:.2%}, {worst_summary['interval95'][1]:.2%}]" +
@@ -518,6 +539,7 @@ def run(target: Target, source: Target | None, images: np.ndarray, labels: np.nd
         f"min {cos['min']:.3f}")
   verdicts = {r.spec: r.correct for r in results}
   verdicts["worst_case"] = worst
+  verdicts.update(curve_verdicts)
   record = {"results": [r.summary() for r in results], "worst_case": worst_summary,
             "sanity": {"checks": [dataclasses.asdict(c) for c in checks], "warnings": warnings,
                        "eps_sweep": {"attack": "bpda_pgd", "steps": sweep_steps, "images": m,
@@ -525,6 +547,7 @@ def run(target: Target, source: Target | None, images: np.ndarray, labels: np.nd
                                                    "interval95": list(wilson(a, m))}
                                                   for e, a in sweep]},
                        "gradients": grads, "gradient_agreement": agreement},
+            "curve": curve,
             "eps": plan.eps, "eps_as_given": plan.config.eps, "norm": plan.norm,
             "step_size": plan.step_size, "restarts": plan.restarts, "draws": draws,
             "cascade": plan.cascade, "seed": plan.seed, "images": len(images),
@@ -532,7 +555,7 @@ def run(target: Target, source: Target | None, images: np.ndarray, labels: np.nd
             "defense": defense.describe(), "defense_spec": _spec_or_none(defense),
             # The attacks' own times, kept with their rows: a resumed evaluation reports the
             # times of the rows as they were computed.
-            "wall_s": sum(r.wall_s for r in results + sweep_rows)}
+            "wall_s": sum(r.wall_s for r in results + sweep_rows + curve_rows)}
   return record, verdicts
 
 

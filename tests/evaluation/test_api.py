@@ -225,3 +225,22 @@ def test_randomized_as_a_field_survives_the_spec_round_trip():
                               "randomized": d.randomized}
   finally:
     defenses.DEFENSES.unregister("maybe_noisy")
+
+
+def test_every_attack_at_more_radii_draws_its_curve(tmp_path):
+  result = evaluation.evaluate(model, X, Y, eps=0.03, attacks=["pgd(steps=3)", "fgsm"],
+                               curve_eps=(0.01, 0.1, 0.03), cascade=False, **CHEAP)
+  curve = result.record["curve"]
+  assert [c["eps"] for c in curve] == [0.01, 0.1]  # eps itself is the main table's
+  for c in curve:
+    assert [r["label"] for r in c["results"]] == ["pgd-3", "fgsm"]
+    worst = np.logical_and.reduce([result.verdicts["clean"]] + [
+        result.verdicts[f"{s}@{c['eps']:g}"] for s in ("pgd(step_size=None,steps=3)", "fgsm")])
+    np.testing.assert_array_equal(result.verdicts[f"worst_case@{c['eps']:g}"], worst)
+    assert c["worst_case"]["accuracy"] == worst[0].mean()
+  # A linear model under FGSM: a larger radius never leaves more images correct.
+  fgsm = [result.accuracy["fgsm"]] + [c["results"][1]["accuracy"] for c in curve]
+  assert fgsm[1] >= fgsm[0] >= fgsm[2]  # eps 0.01, 0.03, 0.1
+  paths = result.write(tmp_path)
+  assert "Every attack at more radii" in paths["md"].read_text()
+  assert paths["png"].stat().st_size > 0
