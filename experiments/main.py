@@ -307,11 +307,12 @@ class _EvalPlan:
 
 def _eval_plan() -> _EvalPlan:
   """The evaluation the flags ask for, validated before any data or checkpoint is read."""
-  if FLAGS.distributed or jax.process_count() > 1:
-    raise ValueError("--mode=eval runs in one process (on all of its local devices)")
   for name in ("eval_images", "eval_batch_size"):
     validation.integer_in(name, FLAGS[name].value, 1)
-  parallel.check_batch("eval_batch_size", FLAGS.eval_batch_size)
+  # Each process attacks its own batches on its own devices (no collectives inside a batch).
+  if FLAGS.eval_batch_size % jax.local_device_count():
+    raise ValueError(f"eval_batch_size must be divisible by the number of local devices "
+                     f"({jax.local_device_count()}), got {FLAGS.eval_batch_size}")
   if FLAGS.norm == "l2" and FLAGS.eps is None:
     raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
   evaluation.load_plugins(FLAGS.workdir)  # the run's plug-ins may define the attacks named
@@ -371,7 +372,12 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
               "defense": restored.defense.spec(),
               "source": source.checkpoint if source else None}
   store = evaluation.RowStore(Path(FLAGS.workdir) / "eval" / f"{FLAGS.eval_name}.rows", settings)
-  record, verdicts = evaluation.run(restored, source, images, labels, plan, store=store)
+  chief = parallel.is_chief()
+  record, verdicts = evaluation.run(restored, source, images, labels, plan, store=store,
+                                    log=print if chief else lambda _: None)
+  failed = report.failed_checks(record)
+  if not chief:  # every process holds the whole result; the chief writes and prints it
+    return record, failed
   record.update(
       run=str(FLAGS.workdir), checkpoint=restored.checkpoint, step=restored.step,
       model=config.model, split=split, source=source.checkpoint if source else None,
@@ -380,7 +386,6 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
       config=restored.config.to_json())
   paths = report.write(record, verdicts, Path(FLAGS.workdir) / "eval", FLAGS.eval_name)
   print(report.markdown(record))
-  failed = report.failed_checks(record)
   if failed:
     print("\n".join(["", "!" * 72, f"SANITY CHECKS FAILED ({len(failed)}): the robustness above "
                       "may be gradient masking, not robustness.", *failed, "!" * 72]),
@@ -402,13 +407,13 @@ def _training_config() -> config_lib.Config:
 def run() -> dict[str, Any]:
   """Builds the config from flags, checks it, and trains (or evaluates, --mode=eval)."""
   _check_dataset(FLAGS.dataset)
+  if FLAGS.distributed:
+    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == "eval":
     record, failed = run_eval()
     if failed and not FLAGS.allow_failed_checks:
       sys.exit(1)
     return record
-  if FLAGS.distributed:
-    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   config = _training_config()
   splits = tuple(data.load(config.dataset, split, config.data_dir, download=FLAGS.download)
                  for split in (config.train_split, config.test_split))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,3 +72,10 @@ def finish(procs: Sequence[subprocess.Popen], timeout: float, what: str) -> list
 def run(args: Sequence[str], *, devices: int = 1, timeout: float, what: str) -> str:
   """One child, `start` + `finish`; returns its output."""
   return finish([start(args, devices)], timeout, what)[0]
+
+
+def free_port() -> int:
+  """A TCP port on localhost that nothing listens on now (a jax.distributed coordinator's)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]

@@ -143,6 +143,26 @@ class RowStore:
     return hashlib.sha256(text.encode()).hexdigest()[:20], json.loads(text)
 
   def get(self, what: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored row `what` ({"correct", "max_linf", "max_l2", "wall_s"}), or None. With
+    several processes the chief reads it and every process gets the chief's answer."""
+    found = self._read(what) if parallel.is_chief() else None
+    if jax.process_count() > 1:
+      header = parallel.from_chief(np.array(
+          [found is not None, *(found["correct"].shape if found else (0, 0))], np.int64))
+      if not header[0]:
+        return None
+      numbers = [np.nan if found is None or found.get(k) is None else found[k]
+                 for k in ("max_linf", "max_l2", "wall_s")]
+      correct, numbers = parallel.from_chief(
+          (found["correct"] if found else np.zeros(header[1:], bool), np.array(numbers)))
+      found = dict(correct=correct, max_linf=float(numbers[0]),
+                   max_l2=None if np.isnan(numbers[1]) else float(numbers[1]),
+                   wall_s=float(numbers[2]))
+    if found is not None:
+      self.reused.append(what["spec"])
+    return found
+
+  def _read(self, what: dict[str, Any]) -> dict[str, Any] | None:
     key, full = self._key(what)
     meta, arrays = self.directory / f"{key}.json", self.directory / f"{key}.npz"
     if not (meta.is_file() and arrays.is_file()):
@@ -152,10 +172,13 @@ class RowStore:
       return None
     with np.load(arrays) as f:
       correct = f["correct"]
-    self.reused.append(what["spec"])
     return dict(stored["result"], correct=correct)
 
   def put(self, what: dict[str, Any], correct: np.ndarray, result: dict[str, Any]) -> None:
+    """Keeps a finished row (on the chief only: every process holds the same verdicts)."""
+    self.computed.append(what["spec"])
+    if not parallel.is_chief():
+      return
     key, full = self._key(what)
     buffer = io.BytesIO()
     np.savez(buffer, correct=correct)
@@ -163,7 +186,6 @@ class RowStore:
       tmp.write_bytes(buffer.getvalue())
     with atomic_write(self.directory / f"{key}.json") as tmp:
       tmp.write_text(json.dumps({"what": full, "result": result}, sort_keys=True, indent=1))
-    self.computed.append(what["spec"])
 
 
 def _placed(defense: Defense) -> Defense:
@@ -223,10 +245,11 @@ def _attack_batch(variables, source_variables, key, x, y, indices, eval_key, eps
 
 # The rows being computed (innermost last): where the compiled attacks' heartbeat goes.
 _ACTIVE: list[progress_lib.Progress] = []
-# Compiled attack batches, by target, source and row, so that rows that differ only in eps and
-# step size (the sanity sweep's radii) share one compilation; the entries hold their target and
-# source, so the ids in the key cannot be reused while they are cached.
-_CACHE: dict[tuple, tuple[Any, Any, Callable]] = {}
+# Compiled attack batches, by network, defense and row, so that rows that differ only in eps and
+# step size (the sanity sweep's radii) share one compilation. An entry keeps the network
+# functions and the defense (not the variables, which are the compiled function's arguments),
+# so the ids in its key cannot be reused while it is cached.
+_CACHE: dict[tuple, Callable] = {}
 _CACHE_SIZE = 64
 
 
@@ -238,15 +261,17 @@ def _heartbeat() -> None:
 def _compiled(target: Target, source: Target | None, *, spec: str, restarts: int, draws: int,
               norm: str, progress: bool) -> Callable:
   """The jitted `_attack_batch` of one row; eps and step size are its arguments."""
-  key = (id(target), id(source), spec, restarts, draws, norm, progress)
+  target = dataclasses.replace(target, variables=None)
+  source = dataclasses.replace(source, variables=None) if source is not None else None
+  key = (id(target.apply_fn), id(target.defense), source and id(source.apply_fn), spec,
+         restarts, draws, norm, progress)
   if key not in _CACHE:
     if len(_CACHE) >= _CACHE_SIZE:
       _CACHE.pop(next(iter(_CACHE)))
-    fn = jax.jit(functools.partial(
+    _CACHE[key] = jax.jit(functools.partial(
         _attack_batch, target=target, source=source, spec=spec, restarts=restarts, draws=draws,
         norm=norm, heartbeat=_heartbeat if progress else None))
-    _CACHE[key] = (target, source, fn)
-  return _CACHE[key][2]
+  return _CACHE[key]
 
 
 def check_attack(spec: str, defense: Defense, *, has_source: bool, norm: str = "linf"
@@ -336,10 +361,14 @@ def run_attack(target: Target, source: Target | None, images: np.ndarray,
   correct, linf, l2 = np.zeros((draws, n), bool), 0.0, 0.0
   fn = _compiled(target, source, spec=spec, restarts=restarts, draws=draws, norm=norm,
                  progress=progress)
-  with progress_lib.Progress(row["label"], len(chosen), enabled=progress, log=log) as bar:
+  # The batches are those of one process; with several, each attacks its share of them, so
+  # that every image meets the same attack whatever the number of processes.
+  mine = parallel.host_share(list(_batches(len(chosen), _fitted(len(chosen), batch_size))))
+  with progress_lib.Progress(row["label"], sum(int(v.sum()) for _, _, v in mine),
+                             enabled=progress and parallel.is_chief(), log=log) as bar:
     _ACTIVE.append(bar)
     try:
-      for _, at, valid in _batches(len(chosen), _fitted(len(chosen), batch_size)):
+      for _, at, valid in mine:
         rows = chosen[at]
         c, batch_linf, batch_l2 = fn(
             target.variables, source_vars, jax.random.fold_in(key, int(indices[rows[0]])),
@@ -350,9 +379,15 @@ def run_attack(target: Target, source: Target | None, images: np.ndarray,
         bar.batch(int(valid.sum()))
     finally:
       _ACTIVE.pop()
-  result = Row(**row, correct=correct, max_linf=linf, max_l2=l2, wall_s=time.perf_counter() - t0)
+  # Each process filled the verdicts of its own images; every process gets them all.
+  correct = parallel.across_processes(correct, np.any)
+  linf, l2, wall_s = parallel.across_processes(
+      np.array([linf, l2, time.perf_counter() - t0]), np.max)
+  result = Row(**row, correct=correct, max_linf=float(linf), max_l2=float(l2),
+               wall_s=float(wall_s))
   if store is not None:
-    store.put(what, correct, {"max_linf": linf, "max_l2": l2, "wall_s": result.wall_s})
+    store.put(what, correct, {"max_linf": result.max_linf, "max_l2": result.max_l2,
+                              "wall_s": result.wall_s})
   return result
 
 
@@ -370,12 +405,14 @@ def _input_gradient(target: Target, images: np.ndarray, labels: np.ndarray, key:
   grad = jax.jit(jax.grad(lambda x, y, k: jnp.sum(cross_entropy(ctx.through(x, k, view), y))))
   n, devices = len(images), jax.local_device_count()
   size = devices if per_image else -(-n // devices) * devices
-  out = []
-  for start, rows, valid in _batches(n, size):
+  batches = list(_batches(n, size))
+  out = np.zeros((n, int(np.prod(images.shape[1:]))), np.float32)
+  # One image at a time, each process takes its share (the sum below adds zeros elsewhere).
+  for start, rows, valid in parallel.host_share(batches) if per_image else batches:
     g = grad(jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
              jax.random.fold_in(key, start) if per_image else key)
-    out.append(np.asarray(g).reshape(size, -1)[valid])
-  return np.concatenate(out)
+    out[rows[valid]] = np.asarray(g).reshape(size, -1)[valid]
+  return parallel.across_processes(out, np.sum) if per_image else out
 
 
 def _fitted(n: int, batch_size: int) -> int:
@@ -551,6 +588,7 @@ def run(target: Target, source: Target | None, images: np.ndarray, labels: np.nd
             "eps": plan.eps, "eps_as_given": plan.config.eps, "norm": plan.norm,
             "step_size": plan.step_size, "restarts": plan.restarts, "draws": draws,
             "cascade": plan.cascade, "seed": plan.seed, "images": len(images),
+            "processes": jax.process_count(),
             "pixels": int(np.prod(images.shape[1:])), "batch_size": plan.batch_size,
             "defense": defense.describe(), "defense_spec": _spec_or_none(defense),
             # The attacks' own times, kept with their rows: a resumed evaluation reports the

@@ -127,3 +127,34 @@ def to_host(x: Any) -> Any:
       a = a.addressable_data(0)
     return np.asarray(a)
   return jax.tree.map(one, x)
+
+
+def is_chief() -> bool:
+  """Whether this is process 0, the one that writes files and prints."""
+  return jax.process_index() == 0
+
+
+def host_share(items: Sequence[Any]) -> list[Any]:
+  """This process's contiguous share of `items` (`host_shard`): with P processes each takes
+  about 1/P of them, every item is taken by exactly one process."""
+  return [items[i] for i in host_shard(len(items))]
+
+
+def across_processes(x: Any, reduce: Callable[..., np.ndarray]) -> Any:
+  """Combines each process's copy of a pytree of arrays, leaf by leaf: `reduce(stacked, axis=0)`
+  over the (P, ...) stack of the processes' copies (e.g. `np.any` of verdicts that each process
+  filled for its own images). Every leaf must have the same shape on every process; with one
+  process, x comes back as numpy (no collective runs)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, x)
+  from jax.experimental import multihost_utils  # noqa: PLC0415 (multi-process only)
+  return jax.tree.map(lambda a: reduce(a, axis=0), multihost_utils.process_allgather(x))
+
+
+def from_chief(x: Any) -> Any:
+  """Process 0's copy of a pytree of arrays, on every process (as numpy); the other processes'
+  leaves give only the shapes and dtypes, which must match the chief's."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, x)
+  from jax.experimental import multihost_utils  # noqa: PLC0415 (multi-process only)
+  return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(x))

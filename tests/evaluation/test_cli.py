@@ -15,6 +15,7 @@ from menet_jax.evaluation import restore
 from menet_jax.training import loop, run_dir
 from menet_jax.training.config import Config
 from tests.conftest import CIFAR_TEST, DATA_DIR
+from tests import watchdog
 from tests.watchdog import REPO
 
 ATTACKS = ["--attacks=clean,pgd,bpda_pgd,bpda_eot(samples=2),approx_input,projected_bpda,"
@@ -310,3 +311,41 @@ def test_a_run_trained_behind_a_plug_in_is_evaluated_by_the_stock_command(tmp_pa
   assert "(5 rows reused, 0 computed)" in replay.stdout  # 3 attacks, 2 sweep radii
   missing = _cli([f"--workdir={workdir}", "--import=no_such_plugin_module"])
   assert missing.returncode == 2 and "--import: import 'no_such_plugin_module'" in missing.stderr
+
+
+def test_two_processes_give_the_one_process_verdicts(trained_run):
+  # Two jax.distributed processes split every row's batches (6 images in batches of 2: 2 + 1
+  # batches; the per-image gradients of median's exact view likewise) and gather the verdicts;
+  # the report is the one-process one. A rerun of the two processes under the one-process
+  # evaluation's name reads every row back from the chief's store.
+  settings = [f"--workdir={trained_run}", "--defense=median(k=3)",
+              "--attacks=clean,bpda_pgd,apgd_ce,square(queries=8)", "--attack_steps=2",
+              "--eval_images=6", "--eval_batch_size=2", "--sanity_eps=0,0.5",
+              "--sanity_images=3", "--cascade", "--allow_failed_checks"]
+  cli = [sys.executable, "-m", "experiments.cifar10", "--mode=eval", *settings]
+
+  def two(name):
+    port = watchdog.free_port()
+    procs = [watchdog.start([*cli[1:], f"--eval_name={name}", "--distributed",
+                             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                             f"--process_id={i}"]) for i in range(2)]
+    return watchdog.finish(procs, 300, "two-process evaluation")
+
+  one = _cli([*settings, "--eval_name=one"])
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert "0 rows reused, 6 computed" in one.stdout  # 4 attacks and 2 sweep radii
+  chief, other = two("two")
+  assert "0 rows reused, 6 computed" in chief and "report:" not in other
+  chief, _ = two("one")
+  assert "6 rows reused, 0 computed" in chief
+  records, verdicts = {}, {}
+  for name in ("one", "two"):
+    records[name] = json.loads((trained_run / "eval" / f"{name}.json").read_text())
+    with np.load(trained_run / "eval" / f"{name}.npz") as f:
+      verdicts[name] = dict(f)
+  assert records["two"]["processes"] == 2 and records["one"]["processes"] == 2  # the rerun's
+  assert records["one"]["sanity"]["gradient_agreement"] == \
+      records["two"]["sanity"]["gradient_agreement"]
+  assert sorted(verdicts["one"]) == sorted(verdicts["two"])
+  for name, expected in verdicts["one"].items():
+    np.testing.assert_array_equal(verdicts["two"][name], expected, err_msg=name)

@@ -30,7 +30,6 @@ smallest here were 1e-6), so the bound below follows from float64 rounding
 alone, on any CPU.
 """
 
-import socket
 
 import numpy as np
 import pytest
@@ -159,16 +158,10 @@ def test_er_classifier_step_agrees_across_device_counts(tmp_path):
   assert _max_difference(tmp_path / "1.npz", tmp_path / "4.npz", np.float64) < ROUNDING
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_train_and_agree(tmp_path):
   # Adversarial training (with BatchNorm) on two jax.distributed processes: both hold the
   # replicated state that the same collectives produced, so they agree bitwise.
-  port = _free_port()
+  port = watchdog.free_port()
   procs = [watchdog.start(_worker_args(tmp_path / f"p{i}.npz", tmp_path / "run",
                                        f"--coordinator=localhost:{port}", f"--process={i}",
                                        "--processes=2"))
