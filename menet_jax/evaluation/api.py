@@ -23,7 +23,7 @@ from menet_jax.defenses import Defense
 from menet_jax.evaluation import report, runner
 from menet_jax.evaluation.config import EvalConfig
 from menet_jax.evaluation.target import Target, as_defense
-from menet_jax.utils import machine
+from menet_jax.utils import machine, parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def evaluate(model: Callable[..., Any] | Target, x: np.ndarray, y: np.ndarray, *
              variables: Any = None, defense: Defense | str | None = None,
              source: Callable[..., Any] | Target | None = None,
              config: EvalConfig | None = None, store: runner.RowStore | None = None,
-             log: Callable[[str], None] = print, **settings: Any) -> Result:
+             log: Callable[[str], None] | None = None, **settings: Any) -> Result:
   """Evaluates `model` behind `defense` on (x, y).
 
   Args:
@@ -90,7 +90,7 @@ def evaluate(model: Callable[..., Any] | Target, x: np.ndarray, y: np.ndarray, *
     config: the evaluation's settings (`EvalConfig`); `settings` override its fields, e.g.
       eps=8/255, attacks=("standard",), norm="l2", draws=20.
     store: a `RowStore` for a resumable evaluation (finished rows are read back).
-    log: where each row's line goes as it finishes.
+    log: where each row's line goes as it finishes (default: printed by process 0 only).
 
   Returns:
     A `Result`: per-row and worst-case accuracies with 95 % intervals, per-image verdicts,
@@ -100,6 +100,8 @@ def evaluate(model: Callable[..., Any] | Target, x: np.ndarray, y: np.ndarray, *
     ValueError: a bad argument, named with its accepted range, before anything runs.
   """
   config = (config or EvalConfig()).replace(**settings)
+  if log is None:
+    log = print if parallel.is_chief() else lambda _: None
   if isinstance(model, Target):
     target = model if defense is None else model.with_defense(as_defense(defense))
   else:
