@@ -118,12 +118,12 @@ def names() -> tuple[str, ...]:
 # the defense's view (BPDA unless the attack names another): "standard" for a deterministic
 # defense (APGD-CE, APGD-T on 9 targets, FAB-T on 9 targets, Square at 5,000 queries, run as a
 # cascade), "rand" for a randomized one (APGD-CE and APGD-DLR, each step averaging 20 draws).
-# Under l2 the standard version lacks Square (this project's Square is l-inf only).
+# The same rows under l-inf and l2.
 _WHITE_BOX = ("apgd_ce(steps=100)", "apgd_t(steps=100, targets=9)", "fab_t(steps=100, targets=9)")
 _EOT = ("apgd_ce(steps=100, samples=20)", "apgd_dlr(steps=100, samples=20)")
 PRESETS = {
-    "standard": {"linf": (*_WHITE_BOX, "square(queries=5000, rescale=False)"),
-                 "l2": _WHITE_BOX},
+    "standard": {norm: (*_WHITE_BOX, "square(queries=5000, rescale=False)")
+                 for norm in attacks.NORMS},
     "rand": {"linf": _EOT, "l2": _EOT},
 }
 
@@ -367,13 +367,16 @@ def _spsa(ctx, key, x, y, *, samples: int = 2048, steps: int = 100, lr: float = 
                       steps=steps, samples=samples, lr=lr, delta=delta)
 
 
-@register("square", threat=Threat("score-based", "square", "margin", random=True),
-          description="Square attack: random search over the eps-ball's vertices on the margin "
-                      "of the defended scores (`queries` forward passes, a fresh draw each)")
+@register("square", threat=Threat("score-based", "square", "margin", random=True,
+                                  norms=attacks.NORMS),
+          description="Square attack: random search over the eps-ball's vertices (l-inf) or its "
+                      "sphere (l2) on the margin of the defended scores (`queries` forward "
+                      "passes, a fresh draw each)")
 def _square(ctx, key, x, y, *, queries: int = 5000, p_init: float = 0.8, rescale: bool = True):
   k_search, k_draws = jax.random.split(key)
   return attacks.square(_fresh(ctx.defended, attacks.margin, y, k_draws), k_search, x,
-                        eps=ctx.eps, queries=queries, p_init=p_init, rescale=rescale)
+                        eps=ctx.eps, queries=queries, p_init=p_init, rescale=rescale,
+                        norm=ctx.norm)
 
 
 @register("boundary", threat=Threat("decision-based", "boundary", "decision", random=True,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from menet_jax import attacks
-from menet_jax.attacks.square import fraction
+from menet_jax.attacks.square import eta, fraction
 
 
 def test_window_fraction_follows_the_papers_schedule():
@@ -93,5 +93,72 @@ def test_square_rejects_bad_arguments():
     attacks.square(loss, jax.random.key(0), x, eps=0.1, queries=0)
   with pytest.raises(ValueError, match="p_init"):
     attacks.square(loss, jax.random.key(0), x, eps=0.1, p_init=0.0)
-  with pytest.raises(ValueError, match="H >= 2"):
+  with pytest.raises(ValueError, match="H, W >= 2 under linf"):
     attacks.square(loss, jax.random.key(0), jnp.full((2, 16), 0.5), eps=0.1)
+  with pytest.raises(ValueError, match="H, W >= 5 under l2"):
+    attacks.square(loss, jax.random.key(0), x, eps=0.1, norm="l2")
+  with pytest.raises(ValueError, match="norm"):
+    attacks.square(loss, jax.random.key(0), x, eps=0.1, norm="l1")
+  with pytest.raises(ValueError, match=r"eps must be in \[0.0, 4.0\]"):  # sqrt(16) pixels
+    attacks.square(loss, jax.random.key(0), jnp.full((2, 16, 1, 1), 0.5), eps=5.0, norm="l2")
+
+
+def _eta_from_the_paper(h):
+  """Eq. (2) of the Square attack paper, written out: the h x h pattern's two halves (h // 2
+  rows, then the rest; n = h // 2), eta_{r,s} = sum_{k=0}^{M} 1 / (n + 1 - k)^2 with
+  M = n - max(|r - c_r|, |s - c_s|) about the half's centre (c_r, c_s), each half of unit norm,
+  the second negated, the whole of unit norm."""
+  def half(rows):
+    n, out = h // 2, np.zeros((rows, h))
+    for r in range(rows):
+      for s in range(h):
+        m = n - max(abs(r - rows // 2), abs(s - h // 2))
+        out[r, s] = sum(1.0 / (n + 1 - k) ** 2 for k in range(m + 1))
+    return out / np.linalg.norm(out)
+  e = np.concatenate([half(h // 2), -half(h - h // 2)])
+  return e / np.linalg.norm(e)
+
+
+def test_the_l2_pattern_is_the_papers():
+  for h in range(3, 12):
+    g = jnp.arange(h)
+    for transposed in (False, True):
+      got = np.asarray(eta(g[:, None, None], g[None, :, None], h, transposed, 11))[..., 0]
+      expected = _eta_from_the_paper(h)
+      # float32 sums of at most 6 terms of size <= 1, then two normalisations: a few ulps.
+      np.testing.assert_allclose(got, expected.T if transposed else expected, atol=1e-6)
+  # Inside a larger grid (a window at offset (2, 1) of an 8 x 9 image), zero outside.
+  i, j = np.arange(8)[:, None, None] - 2, np.arange(9)[None, :, None] - 1
+  got = np.asarray(eta(i, j, 5, False, 7))[..., 0]
+  np.testing.assert_allclose(got[2:7, 1:6], _eta_from_the_paper(5), atol=1e-6)
+  assert np.count_nonzero(got) == np.count_nonzero(got[2:7, 1:6])
+
+
+def test_l2_square_stays_on_the_sphere_and_breaks_what_the_radius_allows():
+  # Two classes, logits (0, w.x + b) with |w|_2 = 1 on 8 x 8 x 1 images in [0.3, 0.7]: within
+  # the l2 ball of radius eps the largest margin is w.x + b + eps, so an image farther than eps
+  # from the boundary can never be broken ([0, 1] only takes points away).
+  rng = np.random.default_rng(3)
+  w = rng.normal(size=64)
+  w /= np.linalg.norm(w)
+  x = rng.uniform(0.3, 0.7, (64, 64))
+  eps = 0.5
+  distance = eps * rng.uniform(0.05, 2.0, 64)
+  b = -x @ w - distance
+  logits = lambda xa: jnp.stack([jnp.zeros(len(xa)), xa.reshape(len(xa), -1) @ w + b], -1)
+  y = jnp.zeros(64, jnp.int32)
+  loss = lambda xa, t: attacks.margin(logits(xa), y)
+  xi = jnp.asarray(x.reshape(64, 8, 8, 1), jnp.float32)
+  run = jax.jit(lambda k: attacks.square(loss, k, xi, eps=eps, queries=300, norm="l2"))
+  x_adv = np.asarray(run(jax.random.key(0)))
+  np.testing.assert_array_equal(x_adv, np.asarray(run(jax.random.key(0))))
+  assert x_adv.min() >= 0 and x_adv.max() <= 1
+  # Every candidate is x + eps u / |u|_2 (then clipped, which cannot lengthen it).
+  d = np.linalg.norm((x_adv - np.asarray(xi)).reshape(64, -1), axis=1)
+  assert d.max() <= eps * (1 + 1e-5), d.max()
+  broken = np.asarray(loss(x_adv, 0)) > 0
+  assert not broken[distance > eps].any()
+  # Images at most half the radius from the boundary: the search moves the perturbation's mass
+  # along w within a few hundred queries.
+  near = distance < 0.5 * eps
+  assert near.sum() >= 10 and broken[near].all(), (broken[near].mean(), near.sum())

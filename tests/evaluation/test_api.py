@@ -50,7 +50,7 @@ def test_bad_arguments_are_named_before_anything_runs():
   logged = []
   for kwargs, match in (({}, "eps .* is required"), ({"eps": 2.0}, r"eps must be in \[0"),
                         ({"eps": 0.1, "attacks": ["nope"]}, "unknown attack 'nope'"),
-                        ({"eps": 0.1, "norm": "l2", "attacks": ["square"]},
+                        ({"eps": 0.1, "norm": "l2", "attacks": ["spsa"]},
                          "runs under the linf threat model only"),
                         ({"eps": 0.1, "draws": 0}, "draws must be an integer >= 1"),
                         ({"eps": 0.1, "sanity_eps": (-1,)}, "sanity_eps must be in"),
@@ -73,8 +73,8 @@ def test_presets_are_autoattacks_versions():
       "apgd_ce(chunk=8,samples=20,steps=100,view=bpda)",
       "apgd_dlr(chunk=8,samples=20,steps=100,view=bpda)"]
   assert suite.parse_attacks(["auto"], [7], randomized=True) == suite.parse_attacks(["rand"], [7])
-  # Under l2, the standard version without Square (l-inf only here).
-  assert suite.parse_attacks(["standard"], [7], "l2") == suite.parse_attacks(["standard"], [7])[:3]
+  # The same rows under l2.
+  assert suite.parse_attacks(["standard"], [7], "l2") == suite.parse_attacks(["standard"], [7])
   assert suite.parse_attacks(["auto"], [7], randomized=False) == \
       suite.parse_attacks(["standard"], [7])
   plan = evaluation.EvalConfig(eps=0.1).checked((8, 8, 1), randomized=False)

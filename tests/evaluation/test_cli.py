@@ -40,8 +40,8 @@ def _cli(args, entry="experiments.cifar10"):
     (["--attack_steps=7.5"], "error: attack_steps must be ints"),
     (["--sanity_eps=-1"], "error: sanity_eps must be in [0.0, 1.0]"),
     (["--norm=l2"], "error: --norm=l2 needs --eps"),
-    (["--norm=l2", "--eps=1", "--attacks=clean,square"],
-     "error: attack 'square' runs under the linf threat model only, not norm='l2'"),
+    (["--norm=l2", "--eps=1", "--attacks=clean,spsa"],
+     "error: attack 'spsa' runs under the linf threat model only, not norm='l2'"),
     ([], "error: no trained run in"),
 ])
 def test_eval_cli_errors(tmp_path, args, match):
