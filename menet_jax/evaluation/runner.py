@@ -364,16 +364,25 @@ def run_attack(target: Target, source: Target | None, images: np.ndarray,
   # The batches are those of one process; with several, each attacks its share of them, so
   # that every image meets the same attack whatever the number of processes.
   mine = parallel.host_share(list(_batches(len(chosen), _fitted(len(chosen), batch_size))))
+
+  def arguments(at):
+    rows = chosen[at]
+    return (target.variables, source_vars, jax.random.fold_in(key, int(indices[rows[0]])),
+            jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
+            jnp.asarray(indices[rows]), eval_key, jnp.float32(eps), jnp.float32(step_size))
+
+  shown = progress and parallel.is_chief()
+  # The forward passes per batch, read off the traced program (jit reuses the trace).
+  per_batch = progress_lib.calls(jax.make_jaxpr(fn)(*arguments(mine[0][1]))) \
+      if shown and mine else None
   with progress_lib.Progress(row["label"], sum(int(v.sum()) for _, _, v in mine),
-                             enabled=progress and parallel.is_chief(), log=log) as bar:
+                             enabled=shown, log=log,
+                             passes=per_batch and per_batch * len(mine)) as bar:
     _ACTIVE.append(bar)
     try:
       for _, at, valid in mine:
         rows = chosen[at]
-        c, batch_linf, batch_l2 = fn(
-            target.variables, source_vars, jax.random.fold_in(key, int(indices[rows[0]])),
-            jnp.asarray(images[rows], jnp.float32), jnp.asarray(labels[rows], jnp.int32),
-            jnp.asarray(indices[rows]), eval_key, jnp.float32(eps), jnp.float32(step_size))
+        c, batch_linf, batch_l2 = fn(*arguments(at))
         correct[:, rows[valid]] = np.asarray(c)[:, valid]
         linf, l2 = max(linf, float(batch_linf)), max(l2, float(batch_l2))
         bar.batch(int(valid.sum()))

@@ -179,11 +179,41 @@ def test_progress_reports_forward_passes_from_inside_the_compiled_attack(monkeyp
   assert beats, lines
   # Passes counted before the row's first batch finished: the heartbeat comes from inside.
   assert any(" 0/12 images, " in l for l in beats)
-  assert max(int(l.split(" forward passes")[0].split()[-1]) for l in beats) >= 6
+  # The total read off the program (3 batches) is what ran: the last pass is logged before the
+  # last batch returns; the ETA comes from the passes' rate.
+  done, total = beats[-1].split(" forward passes")[0].split()[-1].split("/")
+  assert int(done) == int(total) >= 3 * 6, beats[-1]
+  assert all("s left" in l for l in beats[2:]), beats
   quiet = []
   evaluation.evaluate(model, X, Y, eps=0.03, attacks=["apgd_ce(steps=6)"], batch_size=4,
                       log=quiet.append, **CHEAP)
   assert not [l for l in quiet if "forward passes" in l]
+
+
+def test_forward_passes_are_counted_through_loops_as_they_run():
+  from menet_jax.evaluation import progress
+  ran = []
+
+  def net(x):
+    jax.debug.callback(lambda: ran.append(1))
+    return x * 2
+
+  def program(x):
+    y = jax.vmap(net)(x)  # a heartbeat without operands runs once under vmap
+    z = jax.lax.fori_loop(0, 5, lambda i, c: c + net(c), y)  # a scan of length 5
+    w = jax.lax.map(net, x)  # 3 rows
+    g = jax.grad(lambda v: net(v).sum())(x)
+    branch = jax.lax.cond(x.sum() > 0, net, net, x)  # either way once
+    return z.sum() + w.sum() + g.sum() + branch.sum()
+
+  x = jnp.ones((3, 2))
+  jax.block_until_ready(jax.jit(program)(x))
+  jax.effects_barrier()
+  assert progress.calls(jax.make_jaxpr(jax.jit(program))(x)) == len(ran) == 11
+  unknown = lambda x: jax.lax.while_loop(lambda c: c.sum() < 10, net, x)
+  assert progress.calls(jax.make_jaxpr(unknown)(x)) is None
+  uneven = lambda x: jax.lax.cond(x.sum() > 0, net, lambda v: v, x)
+  assert progress.calls(jax.make_jaxpr(uneven)(x)) is None
 
 
 def test_radii_are_written_as_people_write_them():
