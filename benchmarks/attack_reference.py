@@ -15,6 +15,8 @@ attack agrees with the reference within noise when |d| <= 2 se(d) + 1 / n.
       --images=500 --eps=0.3 --out=out/reference_torch.npz
     python -m benchmarks.attack_reference --workdir=RUN --data_dir=../shared/data \\
       --images=500 --eps=0.3 --reference=out/reference_torch.npz --out=docs/eval/reference/x.md
+
+Under l2, both commands take `--norm=l2`, and the same eps (in pixel units).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from menet_jax import data, evaluation
+from menet_jax import attacks, data, evaluation
 from menet_jax.utils import machine
 from menet_jax.utils.atomic_write import atomic_write
 
@@ -40,7 +42,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run (its bare class
                                required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Local dataset files.")
 _IMAGES = flags.DEFINE_integer("images", 500, "The first N images of the run's test split.")
-_EPS = flags.DEFINE_float("eps", 0.3, "l-inf radius.")
+_NORM = flags.DEFINE_enum("norm", "linf", list(attacks.NORMS), "The threat model's norm.")
+_EPS = flags.DEFINE_float("eps", 0.3, "Radius in `norm`, in pixel units.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the JAX attacks.")
 _REFERENCE = flags.DEFINE_string("reference", None, "The reference's per-image flags (.npz of "
                                  "references.autoattack_torch, its .json beside it).",
@@ -69,9 +72,11 @@ def main(argv: Sequence[str]) -> None:
   ref_meta = json.loads(ref_path.with_suffix(".json").read_text())
   with np.load(ref_path) as f:
     ref = {k: f[k] for k in f.files}
-  if ref_meta["images"] != _IMAGES.value or abs(ref_meta["eps"] - _EPS.value) > 1e-12:
-    raise SystemExit(f"the reference ran {ref_meta['images']} images at eps {ref_meta['eps']}, "
-                     f"not {_IMAGES.value} at {_EPS.value}")
+  ref_norm = ref_meta.get("norm", "linf")  # references written before --norm ran l-inf
+  if (ref_meta["images"] != _IMAGES.value or abs(ref_meta["eps"] - _EPS.value) > 1e-12
+      or ref_norm != _NORM.value):
+    raise SystemExit(f"the reference ran {ref_meta['images']} images at {ref_norm} eps "
+                     f"{ref_meta['eps']}, not {_IMAGES.value} at {_NORM.value} eps {_EPS.value}")
   restored = evaluation.load(_WORKDIR.value)
   bare = restored.with_defense(evaluation.target.as_defense(None))
   config = restored.config
@@ -79,15 +84,17 @@ def main(argv: Sequence[str]) -> None:
   x = images[:_IMAGES.value].astype(np.float32) / 255.0
   y = labels[:_IMAGES.value]
   names = list(_ATTACKS.value)
-  result = evaluation.evaluate(bare, x, y, eps=_EPS.value, attacks=[ROWS[a] for a in names],
-                               cascade=False, sanity_eps=(), seed=_SEED.value)
+  result = evaluation.evaluate(bare, x, y, eps=_EPS.value, norm=_NORM.value,
+                               attacks=[ROWS[a] for a in names], cascade=False, sanity_eps=(),
+                               seed=_SEED.value)
   rows = {r["attack"]: r for r in result.record["results"]}
   verdict = {r["attack"]: result.verdicts[r["spec"]][0] for r in result.record["results"]}
   lines = [f"# menet_jax's attacks against torchattacks on `{config.model}`", "",
            f"- run: `{_WORKDIR.value}`, checkpoint step {restored.step}; the bare classifier "
            f"(run's defense `{config.defense}` not applied)",
-           f"- images: the first {len(x)} of {config.dataset} `{config.test_split}`; l-inf eps "
-           f"{_EPS.value:g}; clean accuracy {rows['clean']['accuracy']:.2%}",
+           f"- images: the first {len(x)} of {config.dataset} `{config.test_split}`; "
+           f"{'l2' if _NORM.value == 'l2' else 'l-inf'} eps {_EPS.value:g}; clean accuracy "
+           f"{rows['clean']['accuracy']:.2%}",
            f"- reference: torch {ref_meta['versions']['torch']}, torchattacks "
            f"{ref_meta['versions']['torchattacks']}, `{ref_path.name}` (logits agree to "
            f"{ref_meta['logit_agreement']['max_rel_diff']:.2g} of their scale)",

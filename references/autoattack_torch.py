@@ -11,12 +11,16 @@ kernels and the rows of the first dense kernel accordingly, so that the PyTorch 
 the Flax model's logits on the same images (up to float32 summation order).
 
 `run_reference` runs each attack at AutoAttack's standard budgets (Croce & Hein, ICML 2020;
-the settings of fra31/auto-attack's version='standard', l-inf) on every image, and checks
-every output itself: finite, in [0, 1], within eps of its image in l-inf. `torch` and
-`torchattacks` are benchmark-only dependencies (requirements-bench.txt):
+the settings of fra31/auto-attack's version='standard', the same under l-inf and l2) on every
+image, and checks every output itself: finite, in [0, 1], within eps of its image in the
+threat model's norm (l-inf by default, or l2 in pixel units). `torch` and `torchattacks` are
+benchmark-only dependencies (requirements-bench.txt):
 
     python -m references.autoattack_torch --workdir=/work/runs/mnist_madry_cpu \
       --data_dir=../shared/data --images=500 --eps=0.3 --out=out/reference_torch.npz
+    python -m references.autoattack_torch --workdir=/work/runs/mnist_madry_cpu \
+      --data_dir=../shared/data --images=500 --norm=l2 --eps=2.0 --attacks=square \
+      --out=out/reference_torch_l2.npz
 """
 
 from __future__ import annotations
@@ -39,11 +43,22 @@ STEPS = 100  # APGD-CE, APGD-T and FAB-T iterations
 N_TARGET_CLASSES = 9  # APGD-T and FAB-T: the 9 highest-scoring other classes, one run each
 SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
+# The threat models' norms, menet_jax's names -> torchattacks' (its APGD, APGDT, FAB, Square and
+# AutoAttack take either).
+NORMS = {"linf": "Linf", "l2": "L2"}
 # An output counts as inside the ball when max |x_adv - x| <= eps + EPS_SLACK: the attacks clip
 # to x +- eps computed in float32, and rounding x +- eps (below 2 in magnitude) moves that
 # bound by at most half an ulp, 2^-24 = 6e-8; the slack allows 16 times that, and is far
 # below any eps an evaluation uses.
 EPS_SLACK = 1e-6
+# Under l2 an output counts as inside the ball when ||x_adv - x||_2 <= eps (1 + L2_RSLACK) +
+# sqrt(d) EPS_SLACK, d values per image (784 on MNIST). The attacks scale a perturbation to eps
+# (or check it against eps) with an l2 norm computed in float32: a float32 sum of d = 784
+# squares is off by at most (d - 1) u = 4.7e-5 of itself (u = 2^-24), its square root by half
+# that, 2.3e-5 of the norm, and the scaling adds a rounding of u per value; L2_RSLACK allows
+# about four times that bound. Rounding x + delta to float32 then moves each value by at most
+# half an ulp (below EPS_SLACK, as above), at most sqrt(d) EPS_SLACK over d values in l2.
+L2_RSLACK = 1e-4
 # Logit agreement of `check_logits` (see there): the two implementations' float32 sums differ
 # by about 1e-6 of the logit scale (9e-7 measured on random initialisations); 1e-5 of it is
 # the bound asserted.
@@ -183,25 +198,26 @@ def check_logits(ours: np.ndarray, theirs: np.ndarray, *, rtol: float = LOGIT_RT
   return measures
 
 
-def attack(name: str, torch_model, *, eps: float, seed: int = 0):
-  """The torchattacks attack of `name` at AutoAttack's standard budget (l-inf, radius eps).
+def attack(name: str, torch_model, *, eps: float, seed: int = 0, norm: str = "linf"):
+  """The torchattacks attack of `name` at AutoAttack's standard budget (radius eps in `norm`,
+  "linf" or "l2"; torchattacks' norm, below, is NORMS[norm]: "Linf" or "L2").
 
-  apgd_ce: APGD(norm="Linf", eps, steps=100, n_restarts=1, loss="ce", eot_iter=1, rho=0.75,
+  apgd_ce: APGD(norm, eps, steps=100, n_restarts=1, loss="ce", eot_iter=1, rho=0.75,
     seed): AutoAttack's APGDAttack(n_iter=100, n_restarts=1, loss="ce", rho=.75).
-  apgd_t: APGDT(norm="Linf", eps, steps=100, n_restarts=1, n_classes=10, eot_iter=1, rho=0.75,
+  apgd_t: APGDT(norm, eps, steps=100, n_restarts=1, n_classes=10, eot_iter=1, rho=0.75,
     seed): the targeted DLR loss (its only loss), n_classes - 1 = 9 target classes (the 2nd
     to 10th highest logits of the clean image, one run of 100 steps each on the images still
     correct): AutoAttack's APGDAttack_targeted(n_iter=100, n_target_classes=9, n_restarts=1).
-  fab_t: FAB(norm="Linf", eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10,
+  fab_t: FAB(norm, eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10,
     alpha_max=0.1, eta=1.05, beta=0.9, seed): the targeted FAB over the same 9 target
     classes: AutoAttack's FABAttack(targeted, n_iter=100, n_target_classes=9, n_restarts=1);
     an output counts only within eps (FAB minimises the norm, then checks it against eps).
-  square: Square(norm="Linf", eps, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin",
+  square: Square(norm, eps, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin",
     resc_schedule=False, seed): AutoAttack's SquareAttack(p_init=.8, n_queries=5000,
     n_restarts=1, resc_schedule=False): p halves after 10, 50, 200, ... 4000 queries, the
     schedule of a 10,000-query run not rescaled to 5,000 (torchattacks' default,
     resc_schedule=True, rescales it: "square_rescaled").
-  autoattack_standard: AutoAttack(norm="Linf", eps, version="standard", n_classes=10, seed),
+  autoattack_standard: AutoAttack(norm, eps, version="standard", n_classes=10, seed),
     a MultiAttack cascade of APGD, APGDT, FAB (multi-targeted) and Square, each on the images
     the ones before left correct. torchattacks builds it with its classes' defaults, which are
     not AutoAttack's: 10 steps for APGD, APGDT and FAB, and Square's rescaled schedule. Here
@@ -211,7 +227,9 @@ def attack(name: str, torch_model, *, eps: float, seed: int = 0):
   """
   import torchattacks  # noqa: PLC0415 - benchmark-only dependency
 
-  common = {"norm": "Linf", "eps": eps, "seed": seed}
+  if norm not in NORMS:
+    raise ValueError(f"unknown norm {norm!r}: one of {tuple(NORMS)}")
+  common = {"norm": NORMS[norm], "eps": eps, "seed": seed}
   if name == "apgd_ce":
     return torchattacks.APGD(torch_model, steps=STEPS, n_restarts=1, loss="ce", eot_iter=1,
                              rho=0.75, **common)
@@ -243,7 +261,7 @@ def attack(name: str, torch_model, *, eps: float, seed: int = 0):
               (square, {"n_queries": SQUARE_QUERIES, "n_restarts": 1, "p_init": SQUARE_P_INIT,
                         "loss": "margin", "rescale_schedule": False})]
     for member, settings in wanted:
-      for key, value in {**settings, "eps": eps, "norm": "Linf", "seed": seed}.items():
+      for key, value in {**settings, **common}.items():
         if getattr(member, key) != value:
           raise RuntimeError(f"AutoAttack's {type(member).__name__}.{key} = "
                              f"{getattr(member, key)!r}, not {value!r}")
@@ -252,7 +270,8 @@ def attack(name: str, torch_model, *, eps: float, seed: int = 0):
 
 
 def run_reference(torch_model, images: np.ndarray, labels: np.ndarray, *, eps: float,
-                  attacks: Sequence[str] = ATTACKS, seed: int = 0) -> dict[str, np.ndarray]:
+                  attacks: Sequence[str] = ATTACKS, seed: int = 0,
+                  norm: str = "linf") -> dict[str, np.ndarray]:
   """Per image, whether it stays robust under each attack (`attack` says which settings).
 
   Args:
@@ -260,15 +279,16 @@ def run_reference(torch_model, images: np.ndarray, labels: np.ndarray, *, eps: f
       (e.g. `from_flax`); put in eval mode.
     images: (N, H, W, C) float in [0, 1], menet_jax's layout.
     labels: (N,) int true labels.
-    eps: l-inf radius.
+    eps: radius in `norm` (pixel units).
     attacks: names from ATTACKS (or EXTRA_ATTACKS); each runs on all N images (torchattacks
       attacks only the ones classified correctly, and returns the others unchanged).
     seed: the attacks' seed.
+    norm: the threat model's norm, "linf" or "l2".
 
   Returns:
     {name: (N,) bool}: robust = the model classifies the attack's output as the label, where
-    the output has been checked here to be finite, in [0, 1] and within eps + EPS_SLACK of
-    the image in l-inf.
+    the output has been checked here (`robust_flags`) to be finite, in [0, 1] and within eps
+    of the image in `norm`.
 
   Raises:
     AssertionError: an attack returned an output outside [0, 1] or the eps-ball, or of
@@ -283,26 +303,35 @@ def run_reference(torch_model, images: np.ndarray, labels: np.ndarray, *, eps: f
     raise ValueError(f"{len(x)} images but {len(y)} labels")
   results = {}
   for name in attacks:
-    adv = attack(name, torch_model, eps=eps, seed=seed)(x, y).detach()
-    results[name] = robust_flags(torch_model, x, adv, y, eps=eps, name=name)
+    adv = attack(name, torch_model, eps=eps, seed=seed, norm=norm)(x, y).detach()
+    results[name] = robust_flags(torch_model, x, adv, y, eps=eps, name=name, norm=norm)
   return results
 
 
-def robust_flags(torch_model, x, adv, y, *, eps: float, name: str = "attack") -> np.ndarray:
+def robust_flags(torch_model, x, adv, y, *, eps: float, name: str = "attack",
+                 norm: str = "linf") -> np.ndarray:
   """(N,) bool: adv's prediction equals y, after checking adv (N, C, H, W) is a valid
-  perturbation of x (finite, in [0, 1], within eps + EPS_SLACK in l-inf)."""
+  perturbation of x: finite, in [0, 1], within eps + EPS_SLACK in l-inf (norm "linf"), or
+  within eps (1 + L2_RSLACK) + sqrt(C H W) EPS_SLACK in l2 (norm "l2")."""
   import torch  # noqa: PLC0415 - benchmark-only dependency
 
   if adv.shape != x.shape or adv.dtype != x.dtype:
     raise AssertionError(f"{name}: output {tuple(adv.shape)} {adv.dtype}, input "
                          f"{tuple(x.shape)} {x.dtype}")
   a, c = adv.numpy().astype(np.float64), x.numpy().astype(np.float64)
-  dist = np.abs(a - c).reshape(len(a), -1).max(axis=1, initial=0.0)
+  d = (a - c).reshape(len(a), -1)
+  if norm == "linf":
+    dist, bound = np.abs(d).max(axis=1, initial=0.0), eps + EPS_SLACK
+  elif norm == "l2":
+    dist = np.sqrt(np.sum(d * d, axis=1))
+    bound = eps * (1 + L2_RSLACK) + np.sqrt(d.shape[1]) * EPS_SLACK
+  else:
+    raise ValueError(f"unknown norm {norm!r}: one of {tuple(NORMS)}")
   bad = ~np.isfinite(a).reshape(len(a), -1).all(axis=1) | (a < 0).reshape(len(a), -1).any(axis=1) \
-      | (a > 1).reshape(len(a), -1).any(axis=1) | ~(dist <= eps + EPS_SLACK)
+      | (a > 1).reshape(len(a), -1).any(axis=1) | ~(dist <= bound)
   if bad.any():
     raise AssertionError(f"{name}: {int(bad.sum())} outputs are not valid perturbations "
-                         f"(l-inf up to {dist.max():.9g} for eps {eps}, range "
+                         f"({norm} distance up to {dist.max():.9g} for eps {eps}, range "
                          f"[{a.min():.9g}, {a.max():.9g}])")
   with torch.no_grad():
     pred = torch_model(adv).argmax(1)
@@ -316,7 +345,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "Which checkpoint of the run.")
   flags.DEFINE_string("data_dir", "../shared/data", "Offline datasets.")
   flags.DEFINE_integer("images", 500, "The first N images of the run's test split.", lower_bound=1)
-  flags.DEFINE_float("eps", 0.3, "l-inf radius in pixel units.", lower_bound=0.0)
+  flags.DEFINE_enum("norm", "linf", list(NORMS), "The threat model's norm.")
+  flags.DEFINE_float("eps", 0.3, "Radius in `norm`, in pixel units.", lower_bound=0.0)
   flags.DEFINE_list("attacks", list(ATTACKS), "Attacks to run, each on all images, from "
                     f"{', '.join(ATTACKS + EXTRA_ATTACKS)}.")
   flags.DEFINE_integer("seed", 0, "The attacks' seed.")
@@ -384,7 +414,7 @@ def main(argv: Sequence[str]) -> None:
   for name in opts.attacks:
     start = time.perf_counter()
     robust[name] = run_reference(torch_model, x, y, eps=opts.eps, attacks=(name,),
-                                 seed=opts.seed)[name]
+                                 seed=opts.seed, norm=opts.norm)[name]
     seconds[name] = time.perf_counter() - start
     print(f"{name:20s} robust accuracy {robust[name].mean():.4f} "
           f"({int(robust[name].sum())}/{len(x)})  {seconds[name]:8.1f} s", flush=True)
@@ -396,7 +426,7 @@ def main(argv: Sequence[str]) -> None:
       "workdir": str(opts.workdir), "checkpoint": restored.checkpoint, "step": restored.step,
       "model": config.model, "run_defense_not_applied": config.defense,
       "dataset": config.dataset, "split": config.test_split, "images": len(x),
-      "eps": opts.eps, "seed": opts.seed, "torch_threads": opts.threads,
+      "norm": opts.norm, "eps": opts.eps, "seed": opts.seed, "torch_threads": opts.threads,
       "attacks": list(opts.attacks), "clean_accuracy": float(clean.mean()),
       "robust_accuracy": {k: float(v.mean()) for k, v in robust.items()},
       "seconds": seconds, "logit_agreement": agreement,
@@ -404,7 +434,8 @@ def main(argv: Sequence[str]) -> None:
                    "square_queries": SQUARE_QUERIES, "square_p_init": SQUARE_P_INIT,
                    "square_resc_schedule": {"square": False, "square_rescaled": True,
                                             "autoattack_standard": False},
-                   "restarts": 1, "norm": "Linf", "eps_slack": EPS_SLACK,
+                   "restarts": 1, "norm": NORMS[opts.norm], "eps_slack": EPS_SLACK,
+                   **({"l2_rslack": L2_RSLACK} if opts.norm == "l2" else {}),
                    "each_attack_on_all_images": True,
                    "autoattack_standard": "torchattacks.AutoAttack(version='standard') with its "
                                           "APGD, APGDT and FAB set to 100 steps and Square to "
