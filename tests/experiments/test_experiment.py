@@ -129,7 +129,7 @@ def _error_lines(proc):
      "batch_size must be divisible by the number of devices (3), got 128"),
     (["--cpu_devices=0"], "cpu_devices must be an integer >= 1, got 0"),
     (["--mode=eval", "--eval_batch_size=6"],
-     "eval_batch_size must be divisible by the number of devices (4), got 6"),
+     "eval_batch_size must be divisible by the number of local devices (4), got 6"),
     (["--defense=menet(method=usvt, kep=1)"], "method 'usvt' has no argument 'kep'"),
 ])
 def test_cli_errors_are_one_line_and_create_nothing(tmp_path, args, match):
