@@ -181,8 +181,10 @@ def eta(i: jax.Array, j: jax.Array, side: jax.Array | int, transposed: jax.Array
   rows = jnp.where(upper, half, side - half)
   d = jnp.maximum(jnp.abs(jnp.where(upper, i, i - half) - rows // 2), jnp.abs(j - side // 2))
   inside = (i >= 0) & (i < side) & (j >= 0) & (j < side)
-  value = sum(jnp.where(inside & (d <= k) & (k <= half), 1.0 / (k + 1) ** 2, 0.0)
-              for k in range(largest // 2 + 1))
+  k = jnp.arange(largest // 2 + 1)
+  value = jnp.sum(jnp.where((d[..., None] <= k) & (k <= jnp.asarray(half)[..., None]),
+                            1.0 / (k + 1.0) ** 2, 0.0), axis=-1)
+  value = jnp.where(inside, value, 0.0)
   norm = lambda part: jnp.sqrt(jnp.sum(jnp.where(part, value ** 2, 0.0), axis=(-3, -2, -1),
                                        keepdims=True))
   tiny = jnp.finfo(jnp.float32).tiny
