@@ -417,7 +417,7 @@ def run() -> dict[str, Any]:
   config = _training_config()
   splits = tuple(data.load(config.dataset, split, config.data_dir, download=FLAGS.download)
                  for split in (config.train_split, config.test_split))
-  chief = jax.process_index() == 0
+  chief = parallel.is_chief()
   if chief:
     workdir, resumed = run_dir.prepare(config)
   if jax.process_count() > 1:

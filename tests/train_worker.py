@@ -55,7 +55,7 @@ def main(argv):
       progress=False, log_every=2, optimizer=args.optimizer,
       **({"objective": args.objective, "defense": "identity"} if args.objective else {}))
   config.validate()
-  if jax.process_index() == 0:
+  if parallel.is_chief():
     run_dir.prepare(config)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

@@ -105,7 +105,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   mesh = parallel.mesh()
   local_batch = parallel.check_batch("batch_size", config.batch_size)
   local_eval_batch = parallel.check_batch("eval_batch_size", config.eval_batch_size)
-  is_chief = jax.process_index() == 0
+  is_chief = parallel.is_chief()
   root = jax.random.key(config.seed)
   k_init, k_train, k_draws_train, k_draws_eval = (jax.random.fold_in(root, i) for i in range(4))
 
