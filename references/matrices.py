@@ -93,3 +93,28 @@ def nuclear_norm_cvxpy(x, mask, mu, **solver_options):
   objective = mu * cp.normNuc(est) + cp.sum_squares(cp.multiply(mask.astype(np.float64), est - x))
   cp.Problem(cp.Minimize(objective)).solve(solver=cp.SCS, **solver_options)
   return est.value
+
+
+def tv_objective(x, mask, z, weight, norm=2):
+  """Guo et al.'s TV minimization objective of z (numpy, float64), as tv_minimization_cvxpy
+  states it."""
+  rows, cols = np.diff(z, axis=0), np.diff(z, axis=1)
+  tv = (np.abs(rows).sum() + np.abs(cols).sum() if norm == 1 else
+        np.linalg.norm(rows, axis=1).sum() + np.linalg.norm(cols, axis=0).sum())
+  return 0.5 * np.sum((mask * (z - x)) ** 2) + weight * tv
+
+
+def tv_minimization_cvxpy(x, mask, weight, norm=2):
+  """Guo et al.'s TV minimization on one matrix, stated directly in cvxpy:
+  min_z 0.5 ||mask * (z - x)||^2 + weight (sum_i ||z[i+1,:] - z[i,:]||_norm
+  + sum_j ||z[:,j+1] - z[:,j]||_norm). Returns (z, optimal value)."""
+  import cvxpy as cp  # test/benchmark-only dependency
+
+  z = cp.Variable(x.shape)
+  m, n = x.shape
+  rows = [cp.norm(z[i + 1, :] - z[i, :], norm) for i in range(m - 1)]
+  cols = [cp.norm(z[:, j + 1] - z[:, j], norm) for j in range(n - 1)]
+  fit = 0.5 * cp.sum_squares(cp.multiply(mask.astype(np.float64), z - x))
+  problem = cp.Problem(cp.Minimize(fit + weight * (cp.sum(cp.hstack(rows + cols)))))
+  problem.solve(solver=cp.CLARABEL)
+  return z.value, problem.value

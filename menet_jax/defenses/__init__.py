@@ -13,7 +13,8 @@ from menet_jax.defenses.menet import MENet
 from menet_jax.defenses.ride import RIDE
 from menet_jax.defenses.splic import splic
 from menet_jax.defenses.tv import TVBregman, TVChambolle
+from menet_jax.defenses.tv_minimization import tv_minimization
 
 __all__ = ["DEFENSES", "Defense", "Identity", "MENet", "Median", "RIDE", "TVBregman",
            "TVChambolle", "bpda", "create", "majority_vote", "names", "on_devices", "per_device",
-           "register", "splic"]
+           "register", "splic", "tv_minimization"]

@@ -13,7 +13,7 @@ from typing import Callable
 
 import jax
 
-from menet_jax.reconstruct import nuclear_norm, soft_impute, splic, usvt
+from menet_jax.reconstruct import nuclear_norm, soft_impute, splic, tv_minimization, usvt
 from menet_jax.utils.registry import Registry
 
 Reconstructor = Callable[..., jax.Array]  # (x, mask, **params) -> estimate, all (..., m, n)
@@ -51,3 +51,4 @@ register("soft_impute", soft_impute.soft_impute, soft_impute.check_params)
 register("nuclear_norm", nuclear_norm.nuclear_norm, nuclear_norm.check_params)
 register("splic", splic.splic, splic.check_params)
 register("splic_alternating", splic.splic_alternating, splic.check_params)
+register("tv_minimization", tv_minimization.tv_minimization, tv_minimization.check_params)

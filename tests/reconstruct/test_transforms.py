@@ -13,6 +13,7 @@ PARAMS = {
     "nuclear_norm": dict(max_iters=30),
     "splic": dict(rank=3, max_outer=2),
     "splic_alternating": dict(rank=3, max_outer=2),
+    "tv_minimization": dict(max_iters=30),
 }
 
 
@@ -47,6 +48,7 @@ def test_jit_vmap_grad(problem, name):
     ("soft_impute", dict(max_iters=4, tol=0.0)),
     ("nuclear_norm", dict(max_iters=6, tol=0.0)),
     ("splic", dict(rank=3, inner=3, max_outer=2, tol=0.0)),
+    ("tv_minimization", dict(weight=0.1, max_iters=8, tol=0.0)),
 ])
 def test_gradient_matches_finite_differences(name, kw):
   rng = np.random.default_rng(2)
