@@ -143,8 +143,9 @@ def _define_defense_flags(dataset: str, fv: dict[str, Any]) -> None:
   flags.DEFINE_string("objective", None, "Training objective as a component string, e.g. "
                       "'pgd_at(eps=0.0314,step_size=0.0078,steps=7)' (overrides --mode's); "
                       f"{_known(objectives.names())}.", **fv)
-  flags.DEFINE_enum("me_method", "usvt", list(registry.names()),
-                    "--mode's ME (matrix estimation) method.", **fv)
+  flags.DEFINE_enum("me_method", config_lib.ME_METHOD, list(registry.names()),
+                    "--mode's ME (matrix estimation) method; the paper's default, the nuclear "
+                    "norm (the release's is usvt with --me_params=keep=0.8).", **fv)
   flags.DEFINE_list("me_params", [], "ME method parameters as name=value, e.g. keep=0.8 or mu=1.",
                     **fv)
   flags.DEFINE_enum("layout", "concat", list(masks.LAYOUTS), "Matrix layout of the channels.",

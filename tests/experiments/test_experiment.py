@@ -74,10 +74,13 @@ def test_table_8_defaults(dataset, model, lr, epochs, bounds, augment, eps, step
 
 
 def test_flags_override_defaults_and_me_params_parse():
-  c = _parse(["--workdir=w", "--lr=0.05", "--lr_boundaries=3,5", "--me_params=keep=0.5",
-              "--noaugment"])
+  c = _parse(["--workdir=w", "--lr=0.05", "--lr_boundaries=3,5", "--me_method=usvt",
+              "--me_params=keep=0.5", "--noaugment"])
   assert (c.lr, c.lr_boundaries, c.augment) == (0.05, (3, 5), False)
   assert dict(defenses.create(c.defense).params)["keep"] == 0.5
+  # The paper's estimator by default (L107), the nuclear norm at the release's mu = 1.
+  d = defenses.create(_parse(["--workdir=w"]).defense)
+  assert (d.method, dict(d.params)["mu"]) == ("nuclear_norm", 1.0)
 
 
 def test_defense_and_objective_flags_set_any_combination():
@@ -86,8 +89,8 @@ def test_defense_and_objective_flags_set_any_combination():
   assert c.mode == "adv"
   assert objectives.create(c.objective).step_size == pytest.approx(2 / 255)
   # Defaults written out or left implicit: the same run.
-  same = _parse(["--workdir=w", "--mode=adv", "--startp=0.4", "--endp=0.6", "--mask_num=2",
-                 "--adv_eps=0.1", "--adv_steps=3"])
+  same = _parse(["--workdir=w", "--mode=adv", "--me_method=usvt", "--startp=0.4", "--endp=0.6",
+                 "--mask_num=2", "--adv_eps=0.1", "--adv_steps=3"])
   assert same.identity() == c.identity()
 
 
