@@ -170,6 +170,9 @@ def _programs():
 @pytest.mark.parametrize("name, fn, args", [pytest.param(*p, id=p[0]) for p in _programs()])
 def test_no_program_hands_lapack_a_batch(name, fn, args):
   calls = _lapack_calls(jax.jit(fn).lower(*args).as_text())
+  if "tv_minimization" in name:  # differences and projections only: nothing to decompose
+    assert not calls, f"{name}: unexpected LAPACK calls {calls}"
+    return
   assert calls, f"{name}: no LAPACK call found; has the lowering changed?"
   batched = [c for c in calls if c[1] != "0" or c[2].count("x") > 2]
   assert not batched, f"{name} hands LAPACK a batch: {batched}"
