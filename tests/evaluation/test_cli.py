@@ -60,8 +60,8 @@ def trained_run(tmp_path_factory):
   config = Config.for_dataset(
       "cifar10", mode="pure", workdir=str(root / "run"), data_dir=str(DATA_DIR),
       cache_dir=str(root / "cache"), train_split="train[:64]", test_split="test[:16]",
-      model="small_cnn", me_method="usvt", me_params={"keep": 0.8}, startp=0.4, endp=0.6, mask_num=1, epochs=1,
-      batch_size=32, eval_batch_size=16, progress=False)
+      model="small_cnn", me_method="usvt", me_params={"keep": 0.8}, startp=0.4, endp=0.6,
+      mask_num=1, epochs=1, batch_size=32, eval_batch_size=16, progress=False)
   workdir, _ = run_dir.prepare(config)
   loop.train_and_evaluate(config, workdir)
   return workdir
