@@ -1,5 +1,6 @@
 """The absl main of experiments/<dataset>.py (cifar10, mnist, fashion_mnist, svhn,
-tiny_imagenet): flags -> library calls -> results.
+tiny_imagenet), and of `python -m experiments.main --dataset=NAME` for any registered dataset (a
+project's own with --import): flags -> library calls -> results.
 
 Training (--mode=vanilla|pure|adv|madry, or --defense and --objective as
 component strings): flags -> training.config.Config (Table 8 defaults for the
@@ -91,9 +92,10 @@ def _known(names: tuple[str, ...] | list[str]) -> str:
   return "known: " + ", ".join(names)
 
 
-def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the experiment flags for the entry point of `dataset`, in --help's groups."""
-  _ENTRY_DATASET[:] = [dataset]
+def define_flags(dataset: str | None, flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the experiment flags for the entry point of `dataset` (None: any, --dataset), in
+  --help's groups."""
+  _ENTRY_DATASET[:] = [dataset] if dataset else []
   fv = dict(flag_values=flag_values)
   groups = []
   for title, define in (("run and data", _define_run_flags),
@@ -111,8 +113,13 @@ def _define_run_flags(dataset: str, fv: dict[str, Any]) -> None:
   flags.DEFINE_enum("mode", "pure", list(config_lib.MODES) + ["eval"],
                     "A name for a defense and objective: vanilla, pure (ME-Net SGD), adv (ME-Net "
                     "+ PGD), madry (PGD); eval attacks the trained run in --workdir.", **fv)
-  flags.DEFINE_enum("dataset", dataset, list(config_lib.DATASET_DEFAULTS),
-                    f"Dataset; this entry point runs {dataset} only.", **fv)
+  if dataset is None:
+    flags.DEFINE_string("dataset", None, "A registered dataset (menet_jax.data; a plug-in of "
+                        "--import may add one), required to train; known: "
+                        + ", ".join(data.names()) + ".", **fv)
+  else:
+    flags.DEFINE_string("dataset", dataset, f"Dataset; this entry point runs {dataset} only.",
+                        **fv)
   flags.DEFINE_string("workdir", None, "Run directory (required): created, or resumed if it "
                       "holds this run; with --mode=eval, the trained run.", required=True, **fv)
   flags.DEFINE_string("data_dir", None, "Local dataset files (see menet_jax.data); "
@@ -174,8 +181,10 @@ def _define_training_flags(dataset: str, fv: dict[str, Any]) -> None:
   flags.DEFINE_float("lr_decay", None, "Step decay factor (0.1).", **fv)
   flags.DEFINE_float("momentum", None, "SGD momentum (0.9).", **fv)
   flags.DEFINE_enum("optimizer", None, list(config_lib.OPTIMIZERS),
-                    "sgd (momentum; default) or adam (PyTorch's defaults).", **fv)
-  flags.DEFINE_float("weight_decay", None, "L2 weight decay (1e-4, the release's).", **fv)
+                    "sgd (momentum) or adam (PyTorch's defaults); default: the dataset's (sgd "
+                    "but for stl10).", **fv)
+  flags.DEFINE_float("weight_decay", None, "L2 weight decay; default: the dataset's (1e-4, the "
+                     "ME-Net release's, but for stl10).", **fv)
   flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
   flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0: every epoch).", **fv)
   flags.DEFINE_integer("keep_checkpoints", 3, "Most recent checkpoints kept.", **fv)
@@ -252,14 +261,16 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
   return params
 
 
-def _check_dataset(dataset: str) -> None:
-  entry = _ENTRY_DATASET[0] if _ENTRY_DATASET else dataset
-  if dataset != entry:
+def _check_dataset(dataset: str | None) -> None:
+  """`dataset` (the flags' or the evaluated run's) is the one this command runs: the entry
+  point's (experiments/<dataset>.py), or with experiments.main --dataset's where it is given."""
+  entry = _ENTRY_DATASET[0] if _ENTRY_DATASET else FLAGS.dataset
+  if entry is None or dataset in (None, entry):
+    return
+  if _ENTRY_DATASET:
     raise ValueError(f"this entry point runs {entry}, but the flags ask for {dataset}; use "
-                     f"python -m experiments.{_ENTRY_MODULE.get(dataset, dataset)}")
-
-
-_ENTRY_MODULE = {"svhn_cropped": "svhn"}
+                     f"python -m experiments.main --dataset={dataset}")
+  raise ValueError(f"--dataset is {entry}, but the run in --workdir is a {dataset} run")
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
@@ -589,11 +600,16 @@ def help_text(flag_values: flags.FlagValues = FLAGS) -> str:
   return "\n".join(lines)
 
 
-def cli(dataset: str) -> None:
-  """The command line of experiments/<dataset>.py: its flags, --help, the checks, `main`."""
+def cli(dataset: str | None = None) -> None:
+  """The command line of experiments/<dataset>.py (`dataset`), or of python -m experiments.main
+  for any registered dataset (None: --dataset names it): its flags, --help, the checks, `main`."""
   define_flags(dataset)
   app.define_help_flags()  # absl's, which ours then replace (and app.run does not redefine)
   for name, short_name, full in (("help", "?", False), ("helpshort", None, False),
                                  ("helpfull", None, True)):
     flags.DEFINE_flag(_HelpFlag(name, short_name, full))
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

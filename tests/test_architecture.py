@@ -46,3 +46,43 @@ def test_evaluation_knows_training_only_through_its_restore_bridge():
   for path in sorted((PACKAGE / "evaluation").rglob("*.py")):
     if path.name != "restore.py":
       assert "training" not in _imports(path), f"{path.relative_to(PACKAGE)} imports training"
+
+
+# String constants that equal a dataset's name outside the dataset modules, and why each does
+# not branch on a dataset: RIDE's networks are named for its paper's datasets and chosen by the
+# images' shape (defenses.ride.network_for).
+NOT_A_DATASET = {("defenses/ride.py", "mnist"), ("defenses/ride.py", "imagenet")}
+
+
+def _registers_a_dataset(tree: ast.AST) -> bool:
+  return any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Dataset"
+             for node in ast.walk(tree))
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+  """(line, value) of the string constants that are not docstrings."""
+  docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                and node.body and isinstance(node.body[0], ast.Expr)}
+  return [(node.lineno, node.value) for node in ast.walk(tree)
+          if isinstance(node, ast.Constant) and isinstance(node.value, str)
+          and id(node) not in docstrings]
+
+
+def test_only_a_datasets_own_module_names_it():
+  # A dataset is one registered module (menet_jax/data/<dataset>.py): the library reads its
+  # facts (shape, splits, files, Table 8 defaults, normalisation) from its Dataset and never
+  # branches on its name, so a new dataset is a new module and nothing else.
+  from menet_jax import data
+
+  names = set(data.names()) | {d.tfds_name for d in map(data.dataset, data.names())} - {None}
+  registering = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    tree = ast.parse(path.read_text())
+    if _registers_a_dataset(tree):
+      registering.append(path.name)
+      continue
+    where = str(path.relative_to(PACKAGE))
+    named = [(line, s) for line, s in _strings(tree) if s in names and (where, s) not in NOT_A_DATASET]
+    assert not named, f"{where} names datasets (line, name): {named}"
+  assert len(registering) == len(data.names()), registering

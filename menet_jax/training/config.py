@@ -1,4 +1,4 @@
-"""The configuration of a training run, and the paper's defaults per dataset (Table 8).
+"""The configuration of a training run, with each dataset's defaults (Table 8, data.Dataset).
 
 A `Config` is plain data: flags (experiments/) or code build one, `validate`
 checks it before anything is created on disk, and the run directory stores it
@@ -36,25 +36,6 @@ MODES = ("vanilla", "pure", "adv", "madry")
 ME_METHOD = "nuclear_norm"
 OPTIMIZERS = ("sgd", "adam")
 
-# Table 8 of the paper (model, epochs, lr, lr decay epochs, augmentation) and the PGD of
-# Section 3.3 for adversarial training and as the evaluation's default threat; weight decay
-# 1e-4 and batch 256 are the release's train_pure.py / train_adv.py defaults.
-_CIFAR_PGD = dict(eps=8 / 255, step_size=2 / 255, steps=7)
-_MNIST_PGD = dict(eps=0.3, step_size=0.01, steps=40)
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(model="resnet18", epochs=200, lr=0.1, lr_boundaries=(100, 150), augment=True,
-                    num_classes=10, pgd=_CIFAR_PGD),
-    "svhn_cropped": dict(model="resnet18", epochs=200, lr=0.01, lr_boundaries=(100, 150),
-                         augment=True, num_classes=10, pgd=_CIFAR_PGD),
-    "mnist": dict(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150), augment=False,
-                  num_classes=10, pgd=_MNIST_PGD),
-    "fashion_mnist": dict(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150),
-                          augment=False, num_classes=10, pgd=_MNIST_PGD),
-    "tiny_imagenet": dict(model="densenet121", epochs=90, lr=0.1, lr_boundaries=(30, 60),
-                          augment=True, num_classes=200, pgd=_CIFAR_PGD),
-}
-TEST_SPLIT = {"tiny_imagenet": "validation"}
-
 # Fields that say where things are or how the run is shown, not what is computed:
 # a restarted run may change them.
 RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "eval_batch_size",
@@ -63,8 +44,7 @@ RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "
 
 def pgd_defaults(dataset: str) -> dict[str, float]:
   """The dataset's PGD: eps, step_size and steps (Section 3.3 of the paper)."""
-  validation.choice("dataset", dataset, tuple(DATASET_DEFAULTS))
-  return dict(DATASET_DEFAULTS[dataset]["pgd"])
+  return dict(data.dataset(dataset).training.pgd)
 
 
 def combination(mode: str, dataset: str, *, me_method: str = ME_METHOD,
@@ -102,7 +82,7 @@ class Config:
   """Everything that determines a training run.
 
   Attributes (units in brackets):
-    dataset: one of menet_jax.data.DATASETS.
+    dataset: a registered dataset (menet_jax.data.names()).
     train_split, test_split: TFDS-style splits, e.g. "train", "test[:8000]".
     model: a registered classifier (menet_jax.models), e.g. "resnet18".
     defense: component string of the defense (menet_jax.defenses).
@@ -161,9 +141,11 @@ class Config:
     me_params, layout, startp, endp, mask_num, inference, votes, adv_eps,
     adv_step, adv_steps) sets defense and objective unless those are given.
     """
-    validation.choice("dataset", dataset, tuple(DATASET_DEFAULTS))
-    values = {k: v for k, v in DATASET_DEFAULTS[dataset].items() if k != "pgd"}
-    values["test_split"] = TEST_SPLIT.get(dataset, "test")
+    ds = data.dataset(dataset)
+    t = ds.training
+    values = dict(model=t.model, epochs=t.epochs, lr=t.lr, lr_boundaries=t.lr_boundaries,
+                  augment=t.augment, optimizer=t.optimizer, weight_decay=t.weight_decay,
+                  num_classes=ds.num_classes, test_split=ds.test_split)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     combo_args = {k: overrides.pop(k) for k in list(overrides)
                   if k in _COMBINATION_ARGS}
@@ -189,7 +171,7 @@ class Config:
     return "custom"
 
   def image_shape(self) -> tuple[int, int, int]:
-    return data.IMAGE_SHAPES[self.dataset]
+    return data.dataset(self.dataset).image_shape
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -221,7 +203,7 @@ class Config:
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field and its accepted values."""
-    validation.choice("dataset", self.dataset, data.DATASETS)
+    data.dataset(self.dataset)
     models.MODELS.bind(self.model)
     defenses.create(self.defense).check(self.image_shape())
     validation.integer_in("epochs", self.epochs, 1)

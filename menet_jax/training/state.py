@@ -10,13 +10,11 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from menet_jax import models
+from menet_jax import data, models
 from menet_jax.models import normalize
 
 if TYPE_CHECKING:  # the config imports the objectives, which import this module
   from menet_jax.training.config import Config
-
-_NORMALIZATION_KEY = {"svhn_cropped": "svhn"}
 
 
 class TrainState(train_state.TrainState):
@@ -41,8 +39,8 @@ def optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformat
 
 def create_model(config: Config) -> nn.Module:
   """The run's classifier, normalising with its dataset's statistics (or its recipe's)."""
-  mean, std = models.normalization_of(
-      config.model, _NORMALIZATION_KEY.get(config.dataset, config.dataset))
+  ds = data.dataset(config.dataset)
+  mean, std = models.normalization_of(config.model, ds.mean, ds.std)
   return models.create(config.model, num_classes=config.num_classes, mean=mean, std=std)
 
 

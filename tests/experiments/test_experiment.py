@@ -125,7 +125,7 @@ def _error_lines(proc):
     (["--mode=sgd"], "value should be one of"),
     (["--flagfile=/nonexistent/run.flags"], "/nonexistent/run.flags"),
     (["--dataset=tiny_imagenet"], "this entry point runs cifar10, but the flags ask for "
-                                  "tiny_imagenet; use python -m experiments.tiny_imagenet"),
+                                  "tiny_imagenet; use python -m experiments.main --dataset=tiny_imagenet"),
     (["--batch_size=6"], "batch_size must be divisible by the number of devices (4)"),
     # --cpu_devices replaces the 4 CPU devices of XLA_FLAGS before JAX starts.
     (["--cpu_devices=3", "--batch_size=128"],
