@@ -10,7 +10,8 @@ import, and a project adds its own the same way from outside the package.
 
 from menet_jax.data import cache, input_pipeline
 # The datasets of the papers; each registers itself.
-from menet_jax.data import cifar10, fashion_mnist, mnist, stl10, svhn, tiny_imagenet  # noqa: F401
+from menet_jax.data import (  # noqa: F401
+    cifar10, fashion_mnist, imagenet, mnist, stl10, svhn, tiny_imagenet)
 from menet_jax.data.datasets import Dataset, Training, names, register
 from menet_jax.data.datasets import get as dataset
 from menet_jax.data.loaders import BACKENDS, TFDS_EXTRA, load

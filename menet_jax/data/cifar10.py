@@ -53,10 +53,10 @@ def read(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 DATASET = register(Dataset(
     name="cifar10", image_shape=(32, 32, 3), num_classes=10, splits=("train", "test"),
-    mean=MEAN, std=STD,
+    mean=MEAN, std=STD, pgd=PGD,
     # ME-Net's Table 8; weight decay 1e-4 and batch 256 are the release's (training.config).
     training=Training(model="resnet18", epochs=200, lr=0.1, lr_boundaries=(100, 150),
-                      augment=True, pgd=PGD),
+                      augment=True),
     has_split=has_split, read=read,
     files="cifar-10-batches-py/ with data_batch_1..5 and test_batch "
           "(https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpacked)",

@@ -29,7 +29,7 @@ Reader = Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-  """A dataset's training defaults: the paper's Table 8 and the PGD of its Section 3.3.
+  """A dataset's training defaults (ME-Net's Table 8 for the datasets of that paper).
 
   Attributes:
     model: a registered classifier (menet_jax.models).
@@ -37,22 +37,18 @@ class Training:
     augment: whether pad-4 crop and flip apply (data.input_pipeline.augment).
     optimizer: "sgd" (with momentum) or "adam" (training.config.OPTIMIZERS).
     weight_decay: coupled L2 weight decay.
-    pgd: eps, step_size and steps of adversarial training and of the evaluation's default threat
-      (pixels in [0, 1]).
   """
   model: str
   epochs: int
   lr: float
   lr_boundaries: tuple[int, ...]
   augment: bool
-  pgd: Mapping[str, float]
   # ME-Net's release (train_pure.py / train_adv.py): SGD, weight decay 1e-4.
   optimizer: str = "sgd"
   weight_decay: float = 1e-4
 
   def __post_init__(self):
     object.__setattr__(self, "lr_boundaries", tuple(self.lr_boundaries))
-    object.__setattr__(self, "pgd", types.MappingProxyType(dict(self.pgd)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +63,18 @@ class Dataset:
     test_split: the split a run tests on by default.
     mean, std: per-channel statistics of its pixels in [0, 1], with which a classifier
       normalises its input (models.normalize) unless the model's recipe prescribes its own.
-    training: the training defaults (`Training`).
+    pgd: eps, step_size and steps of the dataset's l-inf PGD (pixels in [0, 1]): adversarial
+      training's and the evaluation's default threat.
+    training: the training defaults (`Training`); None where no paper here trains on the
+      dataset (a run then names its model and schedule).
     has_split: (folder, split) -> whether the folder holds that split in the published format.
     read: (folder, split) -> (images, labels) (`Reader`).
     files: what to put in a data folder, and where to get it (for the error of a missing split).
     subdirs: sub-folders of a data folder searched before the folder itself.
     system_dirs: folders searched whatever the data folder (e.g. a Debian package's).
     tfds_name: its name in the tensorflow-datasets catalog, None if it has none.
+    tfds_image: applied to each image TFDS gives, where those are not yet `image_shape` (e.g.
+      ImageNet's resize and crop); None: used as they are.
   """
   name: str
   image_shape: tuple[int, int, int]
@@ -81,7 +82,8 @@ class Dataset:
   splits: tuple[str, ...]
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  training: Training
+  pgd: Mapping[str, float]
+  training: Training | None
   has_split: Callable[[Path, str], bool]
   read: Reader
   files: str
@@ -89,6 +91,7 @@ class Dataset:
   subdirs: tuple[str, ...] = ()
   system_dirs: tuple[str, ...] = ()
   tfds_name: str | None = None
+  tfds_image: Callable[[np.ndarray], np.ndarray] | None = None
 
   def __post_init__(self):
     h_w_c = self.image_shape
@@ -102,6 +105,9 @@ class Dataset:
                          f"got {stats!r}")
     if min(self.std) <= 0:
       raise ValueError(f"std must be positive, got {self.std!r}")
+    if sorted(self.pgd) != ["eps", "step_size", "steps"]:
+      raise ValueError(f"pgd must give eps, step_size and steps, got {dict(self.pgd)!r}")
+    object.__setattr__(self, "pgd", types.MappingProxyType(dict(self.pgd)))
 
 
 DATASETS = Registry("dataset")

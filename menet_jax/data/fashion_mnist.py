@@ -9,7 +9,7 @@ from menet_jax.data.datasets import Dataset, register
 
 DATASET = register(Dataset(
     name="fashion_mnist", image_shape=(28, 28, 1), num_classes=10, splits=("train", "test"),
-    mean=mnist.MEAN, std=mnist.STD, training=mnist.TRAINING, has_split=idx.has_split,
+    mean=mnist.MEAN, std=mnist.STD, pgd=mnist.PGD, training=mnist.TRAINING, has_split=idx.has_split,
     read=idx.read,
     files="the four Fashion-MNIST IDX .gz files (github.com/zalandoresearch/fashion-mnist), "
           "or `apt-get install dataset-fashion-mnist`",

@@ -77,7 +77,7 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
   if lookup.prepared is None and not download:
     raise missing.error(tfds=lookup)
   try:
-    return _load_tfds(ds.tfds_name, split, lookup)
+    return _load_tfds(ds, split, lookup)
   except Exception as e:  # noqa: BLE001 - any TFDS failure becomes one clear message
     raise missing.error(reason=f"tensorflow-datasets failed: {type(e).__name__}: {e}") from e
 
@@ -209,10 +209,11 @@ def _tfds_lookup(name: str, data_dir) -> _TfdsLookup:
   return _TfdsLookup(max(found)[1] if found else None, roots, download_dir)
 
 
-def _load_tfds(name: str, split: str, tfds_lookup: _TfdsLookup) -> tuple[np.ndarray, np.ndarray]:
+def _load_tfds(ds: Dataset, split: str, tfds_lookup: _TfdsLookup) -> tuple[np.ndarray, np.ndarray]:
   """Reads the prepared copy, or (none prepared) downloads and prepares it first."""
   import tensorflow_datasets as tfds  # imported lazily: slow, and unused offline
 
+  name = ds.tfds_name
   if tfds_lookup.prepared is not None:
     source = tfds.builder_from_directory(str(tfds_lookup.prepared)).as_data_source(split=split)
   else:
@@ -237,11 +238,11 @@ def _load_tfds(name: str, split: str, tfds_lookup: _TfdsLookup) -> tuple[np.ndar
   n = len(source)
   if n == 0:
     raise ValueError(f"TFDS returned no examples for {name} {split}")
-  first = source[0]
-  images = np.empty((n,) + np.asarray(first["image"]).shape, np.uint8)
+  transform = ds.tfds_image or np.asarray
+  images = np.empty((n, *ds.image_shape), np.uint8)
   labels = np.empty((n,), np.int32)
   for i in range(n):
-    example = first if i == 0 else source[i]
-    images[i] = example["image"]
+    example = source[i]
+    images[i] = transform(example["image"])
     labels[i] = example["label"]
   return images, labels

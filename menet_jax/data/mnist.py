@@ -12,12 +12,11 @@ MEAN, STD = (0.0,), (1.0,)
 # Section 3.3 of ME-Net, Madry et al.'s: eps 0.3, step 0.01, 40 steps; also Fashion-MNIST's.
 PGD = dict(eps=0.3, step_size=0.01, steps=40)
 # ME-Net's Table 8 for MNIST, and for Fashion-MNIST, which the project trains like it.
-TRAINING = Training(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150), augment=False,
-                    pgd=PGD)
+TRAINING = Training(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150), augment=False)
 
 DATASET = register(Dataset(
     name="mnist", image_shape=(28, 28, 1), num_classes=10, splits=("train", "test"),
-    mean=MEAN, std=STD, training=TRAINING, has_split=idx.has_split, read=idx.read,
+    mean=MEAN, std=STD, pgd=PGD, training=TRAINING, has_split=idx.has_split, read=idx.read,
     files="train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
           "t10k-labels-idx1-ubyte.gz (http://yann.lecun.com/exdb/mnist/)",
     subdirs=("mnist", "MNIST"), tfds_name="mnist"))

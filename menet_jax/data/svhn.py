@@ -32,10 +32,10 @@ DATASET = register(Dataset(
     splits=("train", "test", "extra"),
     # Per-channel mean and std of the training split, as commonly quoted for SVHN in PyTorch
     # code; the ME-Net release does not include its SVHN script.
-    mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+    mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), pgd=cifar10.PGD,
     # ME-Net's Table 8: CIFAR-10's but lr 0.01.
     training=Training(model="resnet18", epochs=200, lr=0.01, lr_boundaries=(100, 150),
-                      augment=True, pgd=cifar10.PGD),
+                      augment=True),
     has_split=has_split, read=read,
     files="train_32x32.mat, test_32x32.mat, extra_32x32.mat (http://ufldl.stanford.edu/housenumbers/)",
     subdirs=("svhn_cropped", "svhn"), tfds_name="svhn_cropped"))

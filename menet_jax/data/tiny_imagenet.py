@@ -45,10 +45,10 @@ def read(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 DATASET = register(Dataset(
     name="tiny_imagenet", image_shape=(64, 64, 3), num_classes=200, splits=("train", "validation"),
-    test_split="validation", mean=MEAN, std=STD,
+    test_split="validation", mean=MEAN, std=STD, pgd=cifar10.PGD,
     # ME-Net's Table 8.
     training=Training(model="densenet121", epochs=90, lr=0.1, lr_boundaries=(30, 60),
-                      augment=True, pgd=cifar10.PGD),
+                      augment=True),
     has_split=has_split, read=read,
     files="tiny-imagenet-200/ (http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped)",
     subdirs=("tiny-imagenet-200", "tiny_imagenet/tiny-imagenet-200", "tiny_imagenet")))

@@ -44,7 +44,7 @@ RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "
 
 def pgd_defaults(dataset: str) -> dict[str, float]:
   """The dataset's PGD: eps, step_size and steps (Section 3.3 of the paper)."""
-  return dict(data.dataset(dataset).training.pgd)
+  return dict(data.dataset(dataset).pgd)
 
 
 def combination(mode: str, dataset: str, *, me_method: str = ME_METHOD,
@@ -142,11 +142,17 @@ class Config:
     adv_step, adv_steps) sets defense and objective unless those are given.
     """
     ds = data.dataset(dataset)
-    t = ds.training
-    values = dict(model=t.model, epochs=t.epochs, lr=t.lr, lr_boundaries=t.lr_boundaries,
-                  augment=t.augment, optimizer=t.optimizer, weight_decay=t.weight_decay,
-                  num_classes=ds.num_classes, test_split=ds.test_split)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    values = dict(num_classes=ds.num_classes, test_split=ds.test_split)
+    t = ds.training
+    if t is not None:
+      values.update(model=t.model, epochs=t.epochs, lr=t.lr, lr_boundaries=t.lr_boundaries,
+                    augment=t.augment, optimizer=t.optimizer, weight_decay=t.weight_decay)
+    else:
+      missing = [k for k in _UNDEFAULTED if k not in overrides]
+      if missing:
+        raise ValueError(f"{dataset} has no training defaults (no paper here trains on it): "
+                         f"set {', '.join(missing)}")
     combo_args = {k: overrides.pop(k) for k in list(overrides)
                   if k in _COMBINATION_ARGS}
     if mode is not None:
@@ -226,6 +232,8 @@ class Config:
     json.dumps(self.to_json())  # must be JSON-serialisable for the run directory
 
 
+# What a run on a dataset without training defaults must set (the rest are Config's).
+_UNDEFAULTED = ("model", "epochs", "lr", "lr_boundaries")
 _COMBINATION_ARGS = ("me_method", "me_params", "layout", "startp", "endp", "mask_num",
                      "inference", "votes", "adv_eps", "adv_step", "adv_steps")
 _LEGACY = {"me_channel": "layout"}

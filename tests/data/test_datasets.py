@@ -51,9 +51,9 @@ def test_a_model_normalises_with_its_datasets_statistics():
 
 def _toy(**changes):
   values = dict(name="toy_check", image_shape=(4, 4, 1), num_classes=2, splits=("train", "test"),
-                mean=(0.5,), std=(0.25,),
+                mean=(0.5,), std=(0.25,), pgd=dict(eps=0.1, step_size=0.05, steps=2),
                 training=data.Training(model="small_cnn", epochs=1, lr=0.1, lr_boundaries=(),
-                                       augment=False, pgd=dict(eps=0.1, step_size=0.05, steps=2)),
+                                       augment=False),
                 has_split=lambda root, split: True, read=None, files="nothing")
   values.update(changes)
   return data.Dataset(**values)
@@ -66,6 +66,7 @@ def _toy(**changes):
     (dict(test_split="validation"), "test_split must be one of"),
     (dict(mean=(0.5, 0.5)), "mean must have one entry per channel"),
     (dict(std=(0.0,)), "std must be positive"),
+    (dict(pgd=dict(eps=0.1, steps=2)), "pgd must give eps, step_size and steps"),
 ])
 def test_a_dataset_declaration_is_checked(changes, match):
   with pytest.raises(ValueError, match=match):
@@ -111,10 +112,9 @@ def read(root, split):
 
 data.register(data.Dataset(
     name="toy", image_shape=(12, 12, 1), num_classes=2, splits=("train", "test"),
-    mean=(0.5,), std=(0.25,),
+    mean=(0.5,), std=(0.25,), pgd=dict(eps=0.1, step_size=0.05, steps=2),
     training=data.Training(model="small_cnn(widths=(4, 8), hidden=16)", epochs=1, lr=0.05,
-                           lr_boundaries=(), augment=False,
-                           pgd=dict(eps=0.1, step_size=0.05, steps=2)),
+                           lr_boundaries=(), augment=False),
     has_split=has_split, read=read, files="toy_train.npz and toy_test.npz"))
 '''
 
@@ -199,7 +199,7 @@ def test_stl10_trains_as_the_er_classifier_by_default():
 
 
 @pytest.mark.parametrize("args, match", [
-    ([], "dataset must be a name, one of cifar10, fashion_mnist, mnist"),
+    ([], "dataset must be a name, one of cifar10, fashion_mnist, imagenet, mnist"),
     (["--dataset=nope"], "unknown dataset 'nope'; known: cifar10"),
 ])
 def test_the_generic_entry_point_needs_a_registered_dataset(tmp_path, args, match):
@@ -208,3 +208,55 @@ def test_the_generic_entry_point_needs_a_registered_dataset(tmp_path, args, matc
                         env=watchdog.env(), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2 and match in proc.stderr, proc.stderr[-2000:]
   assert not (tmp_path / "w").exists()
+
+
+def _reference_transform(path):
+  """torchvision's Resize(256) and CenterCrop(224) on a PIL image, written out: the shorter side
+  to 256 and the longer to int(256 * long / short), bilinear; the crop at round((size - 224) / 2)."""
+  from PIL import Image
+
+  with Image.open(path) as im:
+    im = im.convert("RGB")
+    w, h = im.size
+    new = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+    arr = np.asarray(im.resize(new, Image.BILINEAR))
+  top, left = round((arr.shape[0] - 224) / 2), round((arr.shape[1] - 224) / 2)
+  return arr[top:top + 224, left:left + 224]
+
+
+def test_imagenet_reads_class_folders_at_224_with_the_standard_transform(tmp_path):
+  from PIL import Image
+
+  val = tmp_path / "val"
+  wnids = [f"n{i:08d}" for i in range(1000)]
+  for w in wnids:
+    (val / w).mkdir(parents=True)
+  # A landscape image, red on the left half and blue on the right; a portrait noise image.
+  wide = np.zeros((260, 500, 3), np.uint8)
+  wide[:, :250, 0], wide[:, 250:, 2] = 255, 255
+  Image.fromarray(wide).save(val / wnids[7] / "a.JPEG", quality=95)
+  tall = np.random.default_rng(0).integers(0, 256, (401, 300, 3), dtype=np.uint8)
+  Image.fromarray(tall).save(val / wnids[3] / "b.JPEG", quality=95)
+  images, labels = data.load("imagenet", "validation", tmp_path)
+  assert images.shape == (2, 224, 224, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(labels, [3, 7])  # the sorted wnids' indices, in folder order
+  np.testing.assert_array_equal(images[0], _reference_transform(val / wnids[3] / "b.JPEG"))
+  np.testing.assert_array_equal(images[1], _reference_transform(val / wnids[7] / "a.JPEG"))
+  assert images[1, :, 0, 0].min() > 200 and images[1, :, -1, 2].min() > 200  # red left, blue right
+  # A slice decodes only its images.
+  one, label = data.load("imagenet", "validation[1:]", tmp_path)
+  np.testing.assert_array_equal(one, images[1:])
+  (val / wnids[0]).rmdir()
+  with pytest.raises(ValueError, match="holds 999 class folders, not the 1000 wnids"):
+    data.load("imagenet", "validation", tmp_path)
+
+
+def test_imagenet_has_no_training_defaults():
+  with pytest.raises(ValueError, match="imagenet has no training defaults .* set model, epochs, "
+                                       "lr, lr_boundaries"):
+    config_lib.Config.for_dataset("imagenet", workdir="w")
+  config = config_lib.Config.for_dataset("imagenet", workdir="w", model="resnet18", epochs=1,
+                                         lr=0.1, lr_boundaries=())
+  assert (config.num_classes, config.test_split, config.image_shape()) == \
+      (1000, "validation", (224, 224, 3))
+  assert config_lib.pgd_defaults("imagenet") == dict(eps=0.05, step_size=0.01, steps=10)
