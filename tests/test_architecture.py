@@ -86,3 +86,41 @@ def test_only_a_datasets_own_module_names_it():
     named = [(line, s) for line, s in _strings(tree) if s in names and (where, s) not in NOT_A_DATASET]
     assert not named, f"{where} names datasets (line, name): {named}"
   assert len(registering) == len(data.names()), registering
+
+
+def _module_name(path: Path) -> str:
+  parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_of_a_package_imports_one_that_imports_it_back():
+  # e.g. training/: the config builds objectives, which build states; a state's factories that
+  # read a config live apart (training/factories.py), so no import (type-only ones included)
+  # goes back up.
+  modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+  graph = {}
+  for name, path in modules.items():
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("menet_jax"):
+        for alias in node.names:
+          child = f"{node.module}.{alias.name}"
+          edges.add(child if child in modules else node.module)
+      elif isinstance(node, ast.Import):
+        edges.update(a.name for a in node.names if a.name in modules)
+    # A package's __init__ gathering its own modules is not a cycle.
+    graph[name] = {e for e in edges if e != name and not name.startswith(e + ".")
+                   and e in modules}
+  state: dict[str, int] = {}
+
+  def visit(name, trail):
+    if state.get(name) == 2:
+      return
+    assert state.get(name) != 1, " -> ".join(trail + [name])
+    state[name] = 1
+    for child in sorted(graph[name]):
+      visit(child, trail + [name])
+    state[name] = 2
+
+  for name in sorted(graph):
+    visit(name, [])

@@ -11,7 +11,7 @@ import pytest
 
 from menet_jax import data, models
 from menet_jax.training import config as config_lib
-from menet_jax.training import state as state_lib
+from menet_jax.training import factories
 from tests import watchdog
 
 # Whose facts the papers give (ME-Net's Table 8, its Section 3.3 PGD) and which the project
@@ -40,13 +40,13 @@ def test_the_papers_datasets_and_their_table_8_defaults(name):
 
 def test_a_model_normalises_with_its_datasets_statistics():
   config = config_lib.Config.for_dataset("svhn_cropped", workdir="w", model="small_cnn")
-  model = state_lib.create_model(config)
+  model = factories.create_model(config)
   svhn = data.dataset("svhn_cropped")
   assert (model.mean, model.std) == (svhn.mean, svhn.std) != (data.dataset("cifar10").mean,
                                                               data.dataset("cifar10").std)
   # A recipe's own normalisation wins over the dataset's.
   config = config_lib.Config.for_dataset("mnist", workdir="w", model="ride_mnist_cnn")
-  assert state_lib.create_model(config).mean == models.NORMALIZATION["mnist_examples"][0]
+  assert factories.create_model(config).mean == models.NORMALIZATION["mnist_examples"][0]
 
 
 def _toy(**changes):
