@@ -28,7 +28,7 @@ from typing import Any
 from menet_jax import data, defenses, models
 from menet_jax.training import objectives
 from menet_jax.utils import validation
-from menet_jax.utils.registry import format_spec
+from menet_jax.utils.registry import format_spec, parse
 
 MODES = ("vanilla", "pure", "adv", "madry")
 # The paper's estimator: "Unless otherwise specified, we use the Nuclear Norm minimization method"
@@ -48,26 +48,29 @@ def pgd_defaults(dataset: str) -> dict[str, float]:
 
 
 def combination(mode: str, dataset: str, *, me_method: str = ME_METHOD,
-                me_params: dict[str, Any] | None = None, layout: str = "concat",
-                startp: float = 0.8, endp: float = 1.0, mask_num: int = 10,
-                inference: str = "mean", votes: int = 10, adv_eps: float | None = None,
+                me_params: dict[str, Any] | None = None, layout: str | None = None,
+                startp: float | None = None, endp: float | None = None,
+                mask_num: int | None = None, inference: str | None = None,
+                votes: int | None = None, adv_eps: float | None = None,
                 adv_step: float | None = None, adv_steps: int | None = None) -> tuple[str, str]:
-  """(defense, objective) component strings of one of the paper's modes.
+  """(defense, objective) component strings of one of the paper's modes: the shorthand that
+  --mode expands to. Arguments left None take the component's declared default (MENet.create's,
+  the dataset's PGD).
 
   Args:
     mode: "vanilla", "pure", "adv" or "madry".
     dataset: sets the PGD of adv and madry where adv_* are None (`pgd_defaults`).
     me_method, me_params, layout, startp, endp, mask_num, inference, votes: the
-      ME-Net defense of pure and adv.
+      ME-Net defense of pure and adv (votes only with inference="vote").
     adv_eps, adv_step, adv_steps: PGD of adv and madry training.
   """
   validation.choice("mode", mode, MODES)
   defense = "identity"
   if mode in ("pure", "adv"):
-    votes_arg = {"votes": votes} if inference == "vote" else {}
-    defense = format_spec("menet", dict(me_params or {}, method=me_method, layout=layout,
-                                        startp=startp, endp=endp, mask_num=mask_num,
-                                        inference=inference, **votes_arg))
+    given = dict(layout=layout, startp=startp, endp=endp, mask_num=mask_num, inference=inference,
+                 votes=votes if inference == "vote" else None)
+    defense = format_spec("menet", dict(me_params or {}, method=me_method,
+                                        **{k: v for k, v in given.items() if v is not None}))
   objective = "standard"
   if mode in ("adv", "madry"):
     pgd = pgd_defaults(dataset)
@@ -166,15 +169,10 @@ class Config:
 
   @property
   def mode(self) -> str:
-    """The paper's name for this defense and objective, or "custom"."""
-    menet = self.defense.startswith("menet(")
-    pgd = self.objective.startswith("pgd_at(")
-    if self.defense == "identity" or menet:
-      if self.objective == "standard":
-        return "pure" if menet else "vanilla"
-      if pgd:
-        return "adv" if menet else "madry"
-    return "custom"
+    """The paper's name for this defense and objective (`combination`), or "custom"."""
+    names = (parse(self.defense)[0], parse(self.objective)[0])
+    return {("identity", "standard"): "vanilla", ("menet", "standard"): "pure",
+            ("menet", "pgd_at"): "adv", ("identity", "pgd_at"): "madry"}.get(names, "custom")
 
   def image_shape(self) -> tuple[int, int, int]:
     return data.dataset(self.dataset).image_shape
