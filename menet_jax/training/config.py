@@ -104,23 +104,24 @@ class Config:
   """
   dataset: str
   workdir: str
+  # The dataset's defaults (`for_dataset`: data.Dataset's training, num_classes, test_split).
+  model: str
+  epochs: int
+  lr: float
+  lr_boundaries: tuple[int, ...]
+  augment: bool
+  optimizer: str
+  weight_decay: float
+  num_classes: int
+  test_split: str
   data_dir: str | None = None
   cache_dir: str | None = None
   train_split: str = "train"
-  test_split: str = "test"
-  model: str = "resnet18"
   defense: str = "identity"
   objective: str = "standard"
-  epochs: int = 200
-  batch_size: int = 256
-  lr: float = 0.1
-  lr_boundaries: tuple[int, ...] = (100, 150)
+  batch_size: int = 256  # the ME-Net release's
   lr_decay: float = 0.1
   momentum: float = 0.9
-  weight_decay: float = 1e-4
-  optimizer: str = "sgd"
-  augment: bool = True
-  num_classes: int = 10
   seed: int = 0
   checkpoint_every: int = 0
   keep_checkpoints: int = 3
@@ -144,18 +145,12 @@ class Config:
     me_params, layout, startp, endp, mask_num, inference, votes, adv_eps,
     adv_step, adv_steps) sets defense and objective unless those are given.
     """
-    ds = data.dataset(dataset)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    values = dict(num_classes=ds.num_classes, test_split=ds.test_split)
-    t = ds.training
-    if t is not None:
-      values.update(model=t.model, epochs=t.epochs, lr=t.lr, lr_boundaries=t.lr_boundaries,
-                    augment=t.augment, optimizer=t.optimizer, weight_decay=t.weight_decay)
-    else:
-      missing = [k for k in _UNDEFAULTED if k not in overrides]
-      if missing:
-        raise ValueError(f"{dataset} has no training defaults (no paper here trains on it): "
-                         f"set {', '.join(missing)}")
+    values = _dataset_defaults(dataset)
+    missing = [k for k in _TRAINING_FIELDS if k not in values and k not in overrides]
+    if missing:
+      raise ValueError(f"{dataset} has no training defaults (no paper here trains on it): "
+                       f"set {', '.join(missing)}")
     combo_args = {k: overrides.pop(k) for k in list(overrides)
                   if k in _COMBINATION_ARGS}
     if mode is not None:
@@ -188,6 +183,8 @@ class Config:
     """The inverse of `to_json`; also reads the config.json of runs written before defense and
     objective were separate fields (mode, me_method, ..., adv_steps)."""
     values = _from_legacy(dict(values))
+    # A run stored before a field existed (optimizer) took its dataset's default.
+    values = {**_dataset_defaults(values["dataset"]), **values}
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -230,8 +227,20 @@ class Config:
     json.dumps(self.to_json())  # must be JSON-serialisable for the run directory
 
 
-# What a run on a dataset without training defaults must set (the rest are Config's).
-_UNDEFAULTED = ("model", "epochs", "lr", "lr_boundaries")
+# The fields of a dataset's training defaults, which a run on a dataset without them must set.
+_TRAINING_FIELDS = ("model", "epochs", "lr", "lr_boundaries", "augment", "optimizer",
+                    "weight_decay")
+
+
+def _dataset_defaults(dataset: str) -> dict[str, Any]:
+  """The Config fields that `dataset` sets (data.Dataset)."""
+  ds = data.dataset(dataset)
+  values = dict(num_classes=ds.num_classes, test_split=ds.test_split)
+  if ds.training is not None:
+    values.update({k: getattr(ds.training, k) for k in _TRAINING_FIELDS})
+  return values
+
+
 _COMBINATION_ARGS = ("me_method", "me_params", "layout", "startp", "endp", "mask_num",
                      "inference", "votes", "adv_eps", "adv_step", "adv_steps")
 _LEGACY = {"me_channel": "layout"}

@@ -253,10 +253,14 @@ def test_imagenet_reads_class_folders_at_224_with_the_standard_transform(tmp_pat
 
 def test_imagenet_has_no_training_defaults():
   with pytest.raises(ValueError, match="imagenet has no training defaults .* set model, epochs, "
-                                       "lr, lr_boundaries"):
+                                       "lr, lr_boundaries, augment, optimizer, weight_decay"):
     config_lib.Config.for_dataset("imagenet", workdir="w")
+  with pytest.raises(ValueError, match="set optimizer, weight_decay$"):
+    config_lib.Config.for_dataset("imagenet", workdir="w", model="resnet18", epochs=1, lr=0.1,
+                                  lr_boundaries=(), augment=False)
   config = config_lib.Config.for_dataset("imagenet", workdir="w", model="resnet18", epochs=1,
-                                         lr=0.1, lr_boundaries=())
+                                         lr=0.1, lr_boundaries=(), augment=False,
+                                         optimizer="sgd", weight_decay=0.0)
   assert (config.num_classes, config.test_split, config.image_shape()) == \
       (1000, "validation", (224, 224, 3))
   assert config_lib.pgd_defaults("imagenet") == dict(eps=0.05, step_size=0.01, steps=10)
