@@ -44,6 +44,17 @@ def test_every_flagfile_is_a_valid_configuration(path):
     assert lines[0].startswith("--flagfile=experiments/flags/base/") and len(lines) <= 8
 
 
+def test_no_flagfile_is_a_copy_of_another_but_for_p_dataset_or_workdir():
+  # A p range or a dataset is an override of one base on the command line, not a new file.
+  overrides = ("--startp", "--endp", "--dataset", "--workdir")
+  seen = {}
+  for path in sorted((REPO / "experiments" / "flags").rglob("*.flags")) + [REPO / "menet.flags"]:
+    lines = frozenset(l for l in path.read_text().splitlines()
+                      if l.startswith("--") and l.split("=")[0] not in overrides)
+    assert lines not in seen, f"{path.name} repeats {seen[lines]} but for {overrides}"
+    seen[lines] = path.name
+
+
 def test_flagfiles_include_bases_that_exist():
   for path in FLAGFILES:
     for line in path.read_text().splitlines():
