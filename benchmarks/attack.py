@@ -36,7 +36,7 @@ from menet_jax import data, defenses, evaluation
 from menet_jax.attacks import cross_entropy
 from menet_jax.evaluation import suite
 from menet_jax.reconstruct import masks
-from menet_jax.training import state as state_lib
+from menet_jax.training import factories
 from menet_jax.training.config import Config
 from menet_jax.utils import machine
 from references.per_image import PARAMS, REFERENCES
@@ -74,7 +74,7 @@ def main(argv):
   images, labels = data.load("cifar10", f"test[:{n}]", _DATA_DIR.value)
   x = images.astype(np.float32) / 255
   config = Config.for_dataset("cifar10", workdir="-", model=_MODEL.value)
-  net = state_lib.create_model(config)
+  net = factories.create_model(config)
   variables = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   apply = lambda v: net.apply(variables, v, train=False)
   grad_fn = jax.jit(jax.grad(lambda v, y: jnp.sum(cross_entropy(apply(v), y))))

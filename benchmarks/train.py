@@ -3,15 +3,9 @@
   python -m benchmarks.train --data_dir=../shared/data
 
 Part 1, training steps. For each model (`--models`) and mode (`--modes`) the
-script builds the training state and the jitted step exactly as
-`training.loop.train_and_evaluate` does: the objective's `init` jitted with
-replicated out_shardings, and
-
-  jax.jit(functools.partial(objective.step, defense=defenses.on_devices(defense, mesh),
-                            augment=True),
-          out_shardings=(replicated, replicated))
-
-over the 1-D mesh of all devices (`utils.parallel.mesh`), with the CIFAR-10
+script builds the training state and the jitted step with `training.loop.setup`, the set-up of
+`training.loop.train_and_evaluate` (the objective's `init` and step, jitted with replicated
+out_shardings over the 1-D mesh of all devices, `utils.parallel.mesh`), with the CIFAR-10
 settings of `Config.for_dataset("cifar10", mode=...)` (Table 8: SGD with
 momentum 0.9, weight decay 1e-4, pad-4 crop and flip augmentation). Modes:
 
@@ -52,7 +46,6 @@ what its images take at the measured rate.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import statistics
 import tempfile
@@ -66,8 +59,7 @@ from absl import app, flags, logging
 from menet_jax import data, defenses
 from menet_jax.data import cache
 from menet_jax.reconstruct import registry
-from menet_jax.training import objectives
-from menet_jax.training import state as state_lib
+from menet_jax.training import loop, objectives
 from menet_jax.training.config import Config
 from menet_jax.utils import machine, parallel
 
@@ -118,17 +110,9 @@ def _measure_training(model_name: str, mode: str) -> dict:
   defense = defenses.create(config.defense)
   objective = objectives.create(config.objective)
   p = defense.test_level
-  root = jax.random.key(config.seed)
-  k_init, k_train = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-
-  model = state_lib.create_model(config)
-  tx = state_lib.optimizer(config, _STEPS_PER_EPOCH)
-  replicated = parallel.replicated(mesh)
-  state = jax.jit(functools.partial(objective.init, model=model, tx=tx, image_shape=IMAGE_SHAPE),
-                  out_shardings=replicated)(k_init)
-  step_fn = jax.jit(functools.partial(objective.step, defense=defenses.on_devices(defense, mesh),
-                                      augment=config.augment),
-                    out_shardings=(replicated, replicated))
+  run_keys = loop.keys(config.seed)
+  run = loop.setup(config, defense, objective, IMAGE_SHAPE, _STEPS_PER_EPOCH, mesh, run_keys.init)
+  state, step_fn, k_train = run.state, run.step, run_keys.train
 
   host_batches = _host_batches(4, local_batch, np.random.default_rng(config.seed), p)
   start = time.perf_counter()

@@ -1,5 +1,6 @@
 """The absl main of experiments/<dataset>.py (cifar10, mnist, fashion_mnist, svhn,
-tiny_imagenet): flags -> library calls -> results.
+tiny_imagenet), and of `python -m experiments.main --dataset=NAME` for any registered dataset (a
+project's own with --import): flags -> library calls -> results.
 
 Training (--mode=vanilla|pure|adv|madry, or --defense and --objective as
 component strings): flags -> training.config.Config (Table 8 defaults for the
@@ -91,9 +92,10 @@ def _known(names: tuple[str, ...] | list[str]) -> str:
   return "known: " + ", ".join(names)
 
 
-def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the experiment flags for the entry point of `dataset`, in --help's groups."""
-  _ENTRY_DATASET[:] = [dataset]
+def define_flags(dataset: str | None, flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the experiment flags for the entry point of `dataset` (None: any, --dataset), in
+  --help's groups."""
+  _ENTRY_DATASET[:] = [dataset] if dataset else []
   fv = dict(flag_values=flag_values)
   groups = []
   for title, define in (("run and data", _define_run_flags),
@@ -107,12 +109,26 @@ def define_flags(dataset: str, flag_values: flags.FlagValues = FLAGS) -> None:
   _HELP_GROUPS[:] = groups
 
 
+def _config_defaults() -> dict[str, Any]:
+  """Config's field defaults: the flags of a run's settings show them and leave them to it."""
+  return {f.name: f.default for f in dataclasses.fields(config_lib.Config)
+          if f.default is not dataclasses.MISSING}
+
+
 def _define_run_flags(dataset: str, fv: dict[str, Any]) -> None:
   flags.DEFINE_enum("mode", "pure", list(config_lib.MODES) + ["eval"],
-                    "A name for a defense and objective: vanilla, pure (ME-Net SGD), adv (ME-Net "
-                    "+ PGD), madry (PGD); eval attacks the trained run in --workdir.", **fv)
-  flags.DEFINE_enum("dataset", dataset, list(config_lib.DATASET_DEFAULTS),
-                    f"Dataset; this entry point runs {dataset} only.", **fv)
+                    "A shorthand that expands to --defense and --objective (with the ME-Net and "
+                    "PGD flags below; training.config.combination): vanilla = identity + "
+                    "standard, pure = menet + standard, adv = menet + pgd_at, madry = identity "
+                    "+ pgd_at; --defense / --objective override its parts. eval attacks the "
+                    "trained run in --workdir.", **fv)
+  if dataset is None:
+    flags.DEFINE_string("dataset", None, "A registered dataset (menet_jax.data; a plug-in of "
+                        "--import may add one), required to train; known: "
+                        + ", ".join(data.names()) + ".", **fv)
+  else:
+    flags.DEFINE_string("dataset", dataset, f"Dataset; this entry point runs {dataset} only.",
+                        **fv)
   flags.DEFINE_string("workdir", None, "Run directory (required): created, or resumed if it "
                       "holds this run; with --mode=eval, the trained run.", required=True, **fv)
   flags.DEFINE_string("data_dir", None, "Local dataset files (see menet_jax.data); "
@@ -124,10 +140,13 @@ def _define_run_flags(dataset: str, fv: dict[str, Any]) -> None:
                       "(default ~/.cache/menet_jax).", **fv)
   flags.DEFINE_string("train_split", None, "Training split, TFDS syntax, e.g. train[:80%].", **fv)
   flags.DEFINE_string("test_split", None, "Test split, e.g. test.", **fv)
-  flags.DEFINE_integer("seed", 0, "Seed of every random draw of the run.", **fv)
-  flags.DEFINE_integer("log_every", 50, "Steps between metric writes.", **fv)
-  flags.DEFINE_bool("progress", True, "Progress bars on the console (a log line every half "
-                    "minute when not on a terminal).", **fv)
+  run = _config_defaults()
+  flags.DEFINE_integer("seed", None, "Seed of every random draw of the run (default: "
+                       f"{run['seed']}).", **fv)
+  flags.DEFINE_integer("log_every", None, "Steps between metric writes (default: "
+                       f"{run['log_every']}).", **fv)
+  flags.DEFINE_bool("progress", None, "Progress bars on the console (a log line every half "
+                    f"minute when not on a terminal; default: {run['progress']}).", **fv)
   flags.DEFINE_multi_string("import", [], "Plug-in module registering defenses, attacks, models "
                             "or objectives: a dotted name on sys.path or a .py file "
                             "(repeatable). A run records them; evaluating it imports them.",
@@ -148,14 +167,19 @@ def _define_defense_flags(dataset: str, fv: dict[str, Any]) -> None:
                     "norm (the release's is usvt with --me_params=keep=0.8).", **fv)
   flags.DEFINE_list("me_params", [], "ME method parameters as name=value, e.g. keep=0.8 or mu=1.",
                     **fv)
-  flags.DEFINE_enum("layout", "concat", list(masks.LAYOUTS), "Matrix layout of the channels.",
-                    **fv)
-  flags.DEFINE_float("startp", 0.8, "First mask observation probability.", **fv)
-  flags.DEFINE_float("endp", 1.0, "Mask probabilities run from startp towards endp.", **fv)
-  flags.DEFINE_integer("mask_num", 10, "Masks (reconstructions) per training image, n.", **fv)
-  flags.DEFINE_enum("inference", "mean", ["mean", "vote"],
-                    "One mask at mean p, or a majority vote over --votes masks.", **fv)
-  flags.DEFINE_integer("votes", 10, "Masks per test image for --inference=vote.", **fv)
+  menet = defenses.DEFENSES.defaults("menet")  # their defaults: MENet.create's, read here
+  flags.DEFINE_enum("layout", None, list(masks.LAYOUTS), "Matrix layout of the channels "
+                    f"(default: {menet['layout']}).", **fv)
+  flags.DEFINE_float("startp", None, "First mask observation probability (default: "
+                     f"{menet['startp']}).", **fv)
+  flags.DEFINE_float("endp", None, "Mask probabilities run from startp towards endp (default: "
+                     f"{menet['endp']}).", **fv)
+  flags.DEFINE_integer("mask_num", None, "Masks (reconstructions) per training image, n "
+                       f"(default: {menet['mask_num']}).", **fv)
+  flags.DEFINE_enum("inference", None, ["mean", "vote"], "One mask at mean p, or a majority "
+                    f"vote over --votes masks (default: {menet['inference']}).", **fv)
+  flags.DEFINE_integer("votes", None, "Masks per test image for --inference=vote (default: "
+                       f"{menet['votes']}).", **fv)
   _define_radius("adv_eps", None, "--mode's PGD radius (default per dataset); with --mode=eval "
                  "the default --eps.", fv)
   _define_radius("adv_step", None, "--mode's PGD step size.", fv)
@@ -168,19 +192,26 @@ def _define_training_flags(dataset: str, fv: dict[str, Any]) -> None:
                       f"(default: Table 8); {_known(models.names())}.", **fv)
   flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).", **fv)
   flags.DEFINE_integer("epochs", None, "Epochs (default: Table 8).", **fv)
-  flags.DEFINE_integer("batch_size", 256, "Global batch size (all devices, all hosts).", **fv)
+  run = _config_defaults()
+  flags.DEFINE_integer("batch_size", None, "Global batch size (all devices, all hosts; default: "
+                       f"{run['batch_size']}).", **fv)
   flags.DEFINE_float("lr", None, "Learning rate (default: Table 8).", **fv)
   flags.DEFINE_list("lr_boundaries", None, "Epochs at which lr is multiplied by lr_decay.", **fv)
-  flags.DEFINE_float("lr_decay", None, "Step decay factor (0.1).", **fv)
-  flags.DEFINE_float("momentum", None, "SGD momentum (0.9).", **fv)
+  flags.DEFINE_float("lr_decay", None, f"Step decay factor (default: {run['lr_decay']}).", **fv)
+  flags.DEFINE_float("momentum", None, f"SGD momentum (default: {run['momentum']}).", **fv)
   flags.DEFINE_enum("optimizer", None, list(config_lib.OPTIMIZERS),
-                    "sgd (momentum; default) or adam (PyTorch's defaults).", **fv)
-  flags.DEFINE_float("weight_decay", None, "L2 weight decay (1e-4, the release's).", **fv)
+                    "sgd (momentum) or adam (PyTorch's defaults); default: the dataset's (sgd "
+                    "but for stl10).", **fv)
+  flags.DEFINE_float("weight_decay", None, "L2 weight decay; default: the dataset's (1e-4, the "
+                     "ME-Net release's, but for stl10).", **fv)
   flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
-  flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0: every epoch).", **fv)
-  flags.DEFINE_integer("keep_checkpoints", 3, "Most recent checkpoints kept.", **fv)
-  flags.DEFINE_integer("eval_batch_size", 500, "Global batch size of the test-set evaluation "
-                       "(and of --mode=eval).", **fv)
+  flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (0: every epoch; "
+                       f"default: {run['checkpoint_every']}).", **fv)
+  flags.DEFINE_integer("keep_checkpoints", None, "Most recent checkpoints kept (default: "
+                       f"{run['keep_checkpoints']}).", **fv)
+  flags.DEFINE_integer("eval_batch_size", None, "Global batch size of the test-set evaluation "
+                       f"(default: {run['eval_batch_size']}) and of --mode=eval (default: "
+                       f"{evaluation.EvalConfig().batch_size}).", **fv)
 
 
 def _define_eval_flags(dataset: str, fv: dict[str, Any]) -> None:
@@ -252,14 +283,16 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
   return params
 
 
-def _check_dataset(dataset: str) -> None:
-  entry = _ENTRY_DATASET[0] if _ENTRY_DATASET else dataset
-  if dataset != entry:
+def _check_dataset(dataset: str | None) -> None:
+  """`dataset` (the flags' or the evaluated run's) is the one this command runs: the entry
+  point's (experiments/<dataset>.py), or with experiments.main --dataset's where it is given."""
+  entry = _ENTRY_DATASET[0] if _ENTRY_DATASET else FLAGS.dataset
+  if entry is None or dataset in (None, entry):
+    return
+  if _ENTRY_DATASET:
     raise ValueError(f"this entry point runs {entry}, but the flags ask for {dataset}; use "
-                     f"python -m experiments.{_ENTRY_MODULE.get(dataset, dataset)}")
-
-
-_ENTRY_MODULE = {"svhn_cropped": "svhn"}
+                     f"python -m experiments.main --dataset={dataset}")
+  raise ValueError(f"--dataset is {entry}, but the run in --workdir is a {dataset} run")
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
@@ -308,12 +341,14 @@ class _EvalPlan:
 
 def _eval_plan() -> _EvalPlan:
   """The evaluation the flags ask for, validated before any data or checkpoint is read."""
-  for name in ("eval_images", "eval_batch_size"):
-    validation.integer_in(name, FLAGS[name].value, 1)
+  defaults = evaluation.EvalConfig()
+  batch_size = defaults.batch_size if FLAGS.eval_batch_size is None else FLAGS.eval_batch_size
+  validation.integer_in("eval_images", FLAGS.eval_images, 1)
+  validation.integer_in("eval_batch_size", batch_size, 1)
   # Each process attacks its own batches on its own devices (no collectives inside a batch).
-  if FLAGS.eval_batch_size % jax.local_device_count():
+  if batch_size % jax.local_device_count():
     raise ValueError(f"eval_batch_size must be divisible by the number of local devices "
-                     f"({jax.local_device_count()}), got {FLAGS.eval_batch_size}")
+                     f"({jax.local_device_count()}), got {batch_size}")
   if FLAGS.norm == "l2" and FLAGS.eps is None:
     raise ValueError("--norm=l2 needs --eps (pixel units, e.g. 3.92 = 0.005 x 784 on MNIST)")
   evaluation.load_plugins(FLAGS.workdir)  # the run's plug-ins may define the attacks named
@@ -341,10 +376,11 @@ def _eval_plan() -> _EvalPlan:
       (pgd["step_size"] if FLAGS.norm == "linf" else None),
       attack_steps=tuple(steps),
       restarts=FLAGS.restarts, draws=FLAGS.defense_draws, seed=FLAGS.eval_seed,
-      batch_size=FLAGS.eval_batch_size,
+      batch_size=batch_size,
       sanity_eps=None if FLAGS.sanity_eps is None else tuple(FLAGS.sanity_eps),
       sanity_images=FLAGS.sanity_images, curve_eps=tuple(FLAGS.curve_eps),
-      cascade=FLAGS.cascade, progress=FLAGS.progress)
+      cascade=FLAGS.cascade,
+      progress=defaults.progress if FLAGS.progress is None else FLAGS.progress)
   plan = settings.checked(config.image_shape(), defense.randomized)
   if FLAGS.source_workdir:
     source = evaluation.read_config(FLAGS.source_workdir)
@@ -589,11 +625,16 @@ def help_text(flag_values: flags.FlagValues = FLAGS) -> str:
   return "\n".join(lines)
 
 
-def cli(dataset: str) -> None:
-  """The command line of experiments/<dataset>.py: its flags, --help, the checks, `main`."""
+def cli(dataset: str | None = None) -> None:
+  """The command line of experiments/<dataset>.py (`dataset`), or of python -m experiments.main
+  for any registered dataset (None: --dataset names it): its flags, --help, the checks, `main`."""
   define_flags(dataset)
   app.define_help_flags()  # absl's, which ours then replace (and app.run does not redefine)
   for name, short_name, full in (("help", "?", False), ("helpshort", None, False),
                                  ("helpfull", None, True)):
     flags.DEFINE_flag(_HelpFlag(name, short_name, full))
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

@@ -31,9 +31,8 @@ _ERROR_IMAGES = flags.DEFINE_integer("error_images", 200,
 ERROR_METHODS = {"usvt": ({"keep": 0.8}, "concat"), "soft_impute": ({}, "concat"),
                  "nuclear_norm": ({}, "concat"), "tv_minimization": ({}, "separate")}
 
-# Each dataset's labelled evaluation split.
-RANK_SPLITS = {"mnist": "test", "fashion_mnist": "test", "cifar10": "test", "svhn_cropped": "test",
-               "tiny_imagenet": "validation"}
+# The datasets of the rank figure (each on its labelled evaluation split, `test_split`).
+RANK_DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn_cropped", "tiny_imagenet")
 
 
 def main(argv):
@@ -54,7 +53,8 @@ def main(argv):
   print(error_table(key, images.astype(np.float32) / 255, ps))
 
   ranks = {}
-  for name, split in RANK_SPLITS.items():
+  for name in RANK_DATASETS:
+    split = data.dataset(name).test_split
     try:
       ds_images, _ = data.load(name, split, _DATA_DIR.value, backend="files")
     except FileNotFoundError as e:

@@ -366,7 +366,7 @@ def main(argv: Sequence[str]) -> None:
 
   from menet_jax import data, evaluation  # noqa: PLC0415
   from menet_jax.models import RIDEMnistCNN  # noqa: PLC0415
-  from menet_jax.training import state as state_lib  # noqa: PLC0415
+  from menet_jax.training import factories  # noqa: PLC0415
   from menet_jax.utils import machine  # noqa: PLC0415
   from menet_jax.utils.atomic_write import atomic_write  # noqa: PLC0415
 
@@ -383,7 +383,7 @@ def main(argv: Sequence[str]) -> None:
 
   restored = evaluation.load(opts.workdir, opts.checkpoint)
   config = restored.config
-  module = state_lib.create_model(config)
+  module = factories.create_model(config)
   if not isinstance(module, RIDEMnistCNN):
     raise SystemExit(f"{opts.workdir} trained {config.model}; this reference ports only "
                      "ride_mnist_cnn")

@@ -25,7 +25,7 @@ from menet_jax.attacks import subspace_projector
 from menet_jax.defenses import MENet
 from menet_jax.evaluation import suite
 from menet_jax.reconstruct import rank
-from menet_jax.training import objectives
+from menet_jax.training import factories, objectives
 from menet_jax.training import state as state_lib
 from menet_jax.training.config import Config
 from tests import watchdog
@@ -149,8 +149,8 @@ def _programs():
   yield "rank", rank._cumulative_energy, (x,)
   yield "subspace_projector", lambda a: subspace_projector(a, rank=2)(a), (images,)
   config = Config.for_dataset("cifar10", workdir="w", model="small_cnn")
-  model = state_lib.create_model(config)
-  state = state_lib.create_train_state(jax.random.key(0), model, state_lib.optimizer(config, 1),
+  model = factories.create_model(config)
+  state = state_lib.create_train_state(jax.random.key(0), model, factories.optimizer(config, 1),
                                        (8, 8, 3))
   batch = {"image": jnp.zeros((4, 8, 8, 3), jnp.uint8), "label": jnp.zeros(4, jnp.int32),
            "level": jnp.full(4, 0.5)}

@@ -17,8 +17,7 @@ import jax
 
 from menet_jax import defenses
 from menet_jax.evaluation.target import Target
-from menet_jax.training import checkpoint, objectives
-from menet_jax.training import state as state_lib
+from menet_jax.training import checkpoint, factories, objectives
 from menet_jax.training.config import Config
 from menet_jax.utils import parallel, plugins, validation
 
@@ -92,7 +91,7 @@ def load(workdir: str | Path, which: str = "last", *, defense: str | None = None
                               keep=config.keep_checkpoints,
                               normalize=Config.identity_of) as ckpts:
     step, tree = ckpts.restore_tree(which)
-  model = state_lib.create_model(config)
+  model = factories.create_model(config)
   apply_fn, variables = objectives.create(config.objective).classifier(model, tree)
   chosen = defenses.create(defense or config.defense, **defense_overrides)
   chosen.check(config.image_shape())

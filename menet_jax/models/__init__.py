@@ -63,10 +63,12 @@ for _name, _encoder, _head in (("er_mnist", "wae", "bn_mlp"), ("er_cifar10", "vg
   register(_name, EmbeddingClassifier, normalization="raw", encoder=_encoder, head=_head)
 
 
-def normalization_of(name: str, dataset_stats: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) for model `name` on a dataset whose statistics are `dataset_stats`."""
-  return NORMALIZATION[MODELS.entry(name.split("(")[0]).metadata["normalization"]
-                       or dataset_stats]
+def normalization_of(name: str, mean: Sequence[float], std: Sequence[float]
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) for model `name` on a dataset whose statistics are `mean` and `std`: the
+  model recipe's own (`NORMALIZATION`) where it prescribes one, else the dataset's."""
+  recipe = MODELS.entry(name.split("(")[0]).metadata["normalization"]
+  return NORMALIZATION[recipe] if recipe else (tuple(mean), tuple(std))
 
 
 def names() -> tuple[str, ...]:
@@ -96,8 +98,8 @@ def create(name: str, *, num_classes: int, mean: Sequence[float] | None = None,
       attributes, "small_cnn(widths=(8, 16))", "er_mnist(width=32)".
     num_classes: number of logits, >= 2.
     mean: per-channel input mean (one value, or one per channel) in pixel units;
-      None keeps the model's default (`NORMALIZATION` of its dataset: mnist for
-      lenet, tiny_imagenet for densenet121, cifar10 otherwise).
+      None keeps the model's default (the statistics of its paper's dataset: MNIST's for
+      lenet, Tiny-ImageNet's for densenet121, CIFAR-10's otherwise).
     std: per-channel input standard deviation, > 0; None keeps the default.
     **kwargs: other attributes of the model class that the name leaves free,
       e.g. dtype (compute dtype; parameters stay float32).

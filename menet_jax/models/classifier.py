@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from menet_jax.data import cifar10
 from menet_jax.models import normalize
 
 
@@ -19,13 +20,13 @@ class Classifier(nn.Module):
   Attributes:
     num_classes: number of output logits.
     mean, std: per-channel input normalisation in pixel units (default:
-      CIFAR-10's, `normalize.NORMALIZATION`).
+      CIFAR-10's, `data.cifar10`).
     dtype: compute dtype; parameters and logits are float32 (float64 for a float64 model
       under jax_enable_x64, `normalize.wide_dtype`).
   """
   num_classes: int = 10
-  mean: normalize.Stats = normalize.NORMALIZATION["cifar10"][0]
-  std: normalize.Stats = normalize.NORMALIZATION["cifar10"][1]
+  mean: normalize.Stats = cifar10.MEAN
+  std: normalize.Stats = cifar10.STD
   dtype: jnp.dtype = jnp.float32
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from menet_jax.data import tiny_imagenet
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
 from menet_jax.models.conv import Conv
@@ -76,8 +77,8 @@ class DenseNet(Classifier):
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   growth_rate: int = 32
   bn_size: int = 4
-  mean: normalize.Stats = normalize.NORMALIZATION["tiny_imagenet"][0]
-  std: normalize.Stats = normalize.NORMALIZATION["tiny_imagenet"][1]
+  mean: normalize.Stats = tiny_imagenet.MEAN
+  std: normalize.Stats = tiny_imagenet.STD
 
   @nn.compact
   def logits(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from menet_jax.data import mnist
 from menet_jax.models import normalize
 from menet_jax.models.classifier import Classifier
 from menet_jax.models.conv import Conv
@@ -28,8 +29,8 @@ class LeNet(Classifier):
     mean, std: per-channel input normalisation; Madry's model has none (0, 1).
     dtype: compute dtype; parameters stay float32.
   """
-  mean: normalize.Stats = normalize.NORMALIZATION["mnist"][0]
-  std: normalize.Stats = normalize.NORMALIZATION["mnist"][1]
+  mean: normalize.Stats = mnist.MEAN
+  std: normalize.Stats = mnist.STD
 
   @nn.compact
   def logits(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -19,22 +19,9 @@ import jax.numpy as jnp
 
 Stats = tuple[float, ...]
 
-# Per-channel (mean, std) of each dataset's pixels in [0, 1].
+# Normalisations that a model's recipe prescribes whatever the dataset (models.register); a
+# dataset's own statistics are its `data.Dataset.mean` / `std`.
 NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
-    # The ME-Net release (train_pure.py / train_adv.py transforms.Normalize), the constants of
-    # kuangliu/pytorch-cifar. The std is not the per-channel pixel std of CIFAR-10 (about 0.247,
-    # 0.243, 0.261) but is kept so that results stay comparable with the release.
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    # Per-channel mean and std of the SVHN cropped-digits training split, as commonly quoted
-    # for SVHN in PyTorch code; the ME-Net release does not include its SVHN script.
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    # The ImageNet constants of torchvision's pretrained models, the standard choice for
-    # DenseNet-121 (Tiny-ImageNet is a 200-class subset of ImageNet, downsampled to 64 x 64).
-    "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # Madry et al.'s MNIST LeNet (mnist_challenge) feeds raw pixels in [0, 1]: no
-    # normalisation, i.e. mean 0 and std 1. Fashion-MNIST uses the same model and convention.
-    "mnist": ((0.0,), (1.0,)),
-    "fashion_mnist": ((0.0,), (1.0,)),
     # The MNIST mean and std of the PyTorch examples' MNIST CNN (RIDE's Table 2 classifier).
     "mnist_examples": ((0.1307,), (0.3081,)),
     # Pixels as they are, on any dataset: the ER-Classifier's lineage (WAE) feeds ToTensor() only.

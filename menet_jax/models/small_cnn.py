@@ -52,7 +52,7 @@ class SmallCNN(Classifier):
     widths: channels of each conv stage.
     hidden: width of the hidden dense layer.
     mean, std: per-channel input normalisation (default: CIFAR-10's; pass
-      NORMALIZATION["mnist"] for 1-channel inputs).
+      MNIST's, data.mnist, for 1-channel inputs).
     dtype: compute dtype; parameters stay float32.
   """
   widths: Sequence[int] = (16, 32, 64)

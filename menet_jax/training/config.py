@@ -1,4 +1,4 @@
-"""The configuration of a training run, and the paper's defaults per dataset (Table 8).
+"""The configuration of a training run, with each dataset's defaults (Table 8, data.Dataset).
 
 A `Config` is plain data: flags (experiments/) or code build one, `validate`
 checks it before anything is created on disk, and the run directory stores it
@@ -28,32 +28,13 @@ from typing import Any
 from menet_jax import data, defenses, models
 from menet_jax.training import objectives
 from menet_jax.utils import validation
-from menet_jax.utils.registry import format_spec
+from menet_jax.utils.registry import format_spec, parse
 
 MODES = ("vanilla", "pure", "adv", "madry")
 # The paper's estimator: "Unless otherwise specified, we use the Nuclear Norm minimization method"
 # (ME-Net.txt L107). The release's is USVT (docs/deviations.md).
 ME_METHOD = "nuclear_norm"
 OPTIMIZERS = ("sgd", "adam")
-
-# Table 8 of the paper (model, epochs, lr, lr decay epochs, augmentation) and the PGD of
-# Section 3.3 for adversarial training and as the evaluation's default threat; weight decay
-# 1e-4 and batch 256 are the release's train_pure.py / train_adv.py defaults.
-_CIFAR_PGD = dict(eps=8 / 255, step_size=2 / 255, steps=7)
-_MNIST_PGD = dict(eps=0.3, step_size=0.01, steps=40)
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(model="resnet18", epochs=200, lr=0.1, lr_boundaries=(100, 150), augment=True,
-                    num_classes=10, pgd=_CIFAR_PGD),
-    "svhn_cropped": dict(model="resnet18", epochs=200, lr=0.01, lr_boundaries=(100, 150),
-                         augment=True, num_classes=10, pgd=_CIFAR_PGD),
-    "mnist": dict(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150), augment=False,
-                  num_classes=10, pgd=_MNIST_PGD),
-    "fashion_mnist": dict(model="lenet", epochs=200, lr=0.01, lr_boundaries=(100, 150),
-                          augment=False, num_classes=10, pgd=_MNIST_PGD),
-    "tiny_imagenet": dict(model="densenet121", epochs=90, lr=0.1, lr_boundaries=(30, 60),
-                          augment=True, num_classes=200, pgd=_CIFAR_PGD),
-}
-TEST_SPLIT = {"tiny_imagenet": "validation"}
 
 # Fields that say where things are or how the run is shown, not what is computed:
 # a restarted run may change them.
@@ -63,31 +44,33 @@ RUNTIME_FIELDS = ("workdir", "data_dir", "cache_dir", "progress", "log_every", "
 
 def pgd_defaults(dataset: str) -> dict[str, float]:
   """The dataset's PGD: eps, step_size and steps (Section 3.3 of the paper)."""
-  validation.choice("dataset", dataset, tuple(DATASET_DEFAULTS))
-  return dict(DATASET_DEFAULTS[dataset]["pgd"])
+  return dict(data.dataset(dataset).pgd)
 
 
 def combination(mode: str, dataset: str, *, me_method: str = ME_METHOD,
-                me_params: dict[str, Any] | None = None, layout: str = "concat",
-                startp: float = 0.8, endp: float = 1.0, mask_num: int = 10,
-                inference: str = "mean", votes: int = 10, adv_eps: float | None = None,
+                me_params: dict[str, Any] | None = None, layout: str | None = None,
+                startp: float | None = None, endp: float | None = None,
+                mask_num: int | None = None, inference: str | None = None,
+                votes: int | None = None, adv_eps: float | None = None,
                 adv_step: float | None = None, adv_steps: int | None = None) -> tuple[str, str]:
-  """(defense, objective) component strings of one of the paper's modes.
+  """(defense, objective) component strings of one of the paper's modes: the shorthand that
+  --mode expands to. Arguments left None take the component's declared default (MENet.create's,
+  the dataset's PGD).
 
   Args:
     mode: "vanilla", "pure", "adv" or "madry".
     dataset: sets the PGD of adv and madry where adv_* are None (`pgd_defaults`).
     me_method, me_params, layout, startp, endp, mask_num, inference, votes: the
-      ME-Net defense of pure and adv.
+      ME-Net defense of pure and adv (votes only with inference="vote").
     adv_eps, adv_step, adv_steps: PGD of adv and madry training.
   """
   validation.choice("mode", mode, MODES)
   defense = "identity"
   if mode in ("pure", "adv"):
-    votes_arg = {"votes": votes} if inference == "vote" else {}
-    defense = format_spec("menet", dict(me_params or {}, method=me_method, layout=layout,
-                                        startp=startp, endp=endp, mask_num=mask_num,
-                                        inference=inference, **votes_arg))
+    given = dict(layout=layout, startp=startp, endp=endp, mask_num=mask_num, inference=inference,
+                 votes=votes if inference == "vote" else None)
+    defense = format_spec("menet", dict(me_params or {}, method=me_method,
+                                        **{k: v for k, v in given.items() if v is not None}))
   objective = "standard"
   if mode in ("adv", "madry"):
     pgd = pgd_defaults(dataset)
@@ -102,7 +85,7 @@ class Config:
   """Everything that determines a training run.
 
   Attributes (units in brackets):
-    dataset: one of menet_jax.data.DATASETS.
+    dataset: a registered dataset (menet_jax.data.names()).
     train_split, test_split: TFDS-style splits, e.g. "train", "test[:8000]".
     model: a registered classifier (menet_jax.models), e.g. "resnet18".
     defense: component string of the defense (menet_jax.defenses).
@@ -121,23 +104,24 @@ class Config:
   """
   dataset: str
   workdir: str
+  # The dataset's defaults (`for_dataset`: data.Dataset's training, num_classes, test_split).
+  model: str
+  epochs: int
+  lr: float
+  lr_boundaries: tuple[int, ...]
+  augment: bool
+  optimizer: str
+  weight_decay: float
+  num_classes: int
+  test_split: str
   data_dir: str | None = None
   cache_dir: str | None = None
   train_split: str = "train"
-  test_split: str = "test"
-  model: str = "resnet18"
   defense: str = "identity"
   objective: str = "standard"
-  epochs: int = 200
-  batch_size: int = 256
-  lr: float = 0.1
-  lr_boundaries: tuple[int, ...] = (100, 150)
+  batch_size: int = 256  # the ME-Net release's
   lr_decay: float = 0.1
   momentum: float = 0.9
-  weight_decay: float = 1e-4
-  optimizer: str = "sgd"
-  augment: bool = True
-  num_classes: int = 10
   seed: int = 0
   checkpoint_every: int = 0
   keep_checkpoints: int = 3
@@ -161,10 +145,12 @@ class Config:
     me_params, layout, startp, endp, mask_num, inference, votes, adv_eps,
     adv_step, adv_steps) sets defense and objective unless those are given.
     """
-    validation.choice("dataset", dataset, tuple(DATASET_DEFAULTS))
-    values = {k: v for k, v in DATASET_DEFAULTS[dataset].items() if k != "pgd"}
-    values["test_split"] = TEST_SPLIT.get(dataset, "test")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    values = _dataset_defaults(dataset)
+    missing = [k for k in _TRAINING_FIELDS if k not in values and k not in overrides]
+    if missing:
+      raise ValueError(f"{dataset} has no training defaults (no paper here trains on it): "
+                       f"set {', '.join(missing)}")
     combo_args = {k: overrides.pop(k) for k in list(overrides)
                   if k in _COMBINATION_ARGS}
     if mode is not None:
@@ -178,18 +164,13 @@ class Config:
 
   @property
   def mode(self) -> str:
-    """The paper's name for this defense and objective, or "custom"."""
-    menet = self.defense.startswith("menet(")
-    pgd = self.objective.startswith("pgd_at(")
-    if self.defense == "identity" or menet:
-      if self.objective == "standard":
-        return "pure" if menet else "vanilla"
-      if pgd:
-        return "adv" if menet else "madry"
-    return "custom"
+    """The paper's name for this defense and objective (`combination`), or "custom"."""
+    names = (parse(self.defense)[0], parse(self.objective)[0])
+    return {("identity", "standard"): "vanilla", ("menet", "standard"): "pure",
+            ("menet", "pgd_at"): "adv", ("identity", "pgd_at"): "madry"}.get(names, "custom")
 
   def image_shape(self) -> tuple[int, int, int]:
-    return data.IMAGE_SHAPES[self.dataset]
+    return data.dataset(self.dataset).image_shape
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -202,6 +183,8 @@ class Config:
     """The inverse of `to_json`; also reads the config.json of runs written before defense and
     objective were separate fields (mode, me_method, ..., adv_steps)."""
     values = _from_legacy(dict(values))
+    # A run stored before a field existed (optimizer) took its dataset's default.
+    values = {**_dataset_defaults(values["dataset"]), **values}
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -221,7 +204,7 @@ class Config:
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field and its accepted values."""
-    validation.choice("dataset", self.dataset, data.DATASETS)
+    data.dataset(self.dataset)
     models.MODELS.bind(self.model)
     defenses.create(self.defense).check(self.image_shape())
     validation.integer_in("epochs", self.epochs, 1)
@@ -242,6 +225,20 @@ class Config:
     validation.integer_in("eval_batch_size", self.eval_batch_size, 1)
     validation.integer_in("log_every", self.log_every, 1)
     json.dumps(self.to_json())  # must be JSON-serialisable for the run directory
+
+
+# The fields of a dataset's training defaults, which a run on a dataset without them must set.
+_TRAINING_FIELDS = ("model", "epochs", "lr", "lr_boundaries", "augment", "optimizer",
+                    "weight_decay")
+
+
+def _dataset_defaults(dataset: str) -> dict[str, Any]:
+  """The Config fields that `dataset` sets (data.Dataset)."""
+  ds = data.dataset(dataset)
+  values = dict(num_classes=ds.num_classes, test_split=ds.test_split)
+  if ds.training is not None:
+    values.update({k: getattr(ds.training, k) for k in _TRAINING_FIELDS})
+  return values
 
 
 _COMBINATION_ARGS = ("me_method", "me_params", "layout", "startp", "endp", "mask_num",

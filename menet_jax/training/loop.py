@@ -1,6 +1,8 @@
 """The training loop: one for every defense and objective (the Flax ImageNet example's shape).
 
-`train_and_evaluate` runs a whole experiment: jit over a device mesh
+`train_and_evaluate` runs a whole experiment in two parts: `setup` (the classifier, its initial
+state and the jitted steps, from the config, before any data is seen; benchmarks/train.py times
+what it returns), then the loop: jit over a device mesh
 (utils.parallel), the objective's pure step (training.objectives), orbax
 checkpoints every N steps (resume after a kill ends bit-identical to an
 uninterrupted run), metrics to TensorBoard and CSV, and after every epoch the
@@ -18,16 +20,19 @@ The test set is judged through cached draws of the defense at its test level
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
 from absl import logging
 
@@ -36,7 +41,7 @@ from menet_jax import data, defenses
 from menet_jax.data import cache as cache_lib
 from menet_jax.data import input_pipeline
 from menet_jax.defenses import Defense, majority_vote
-from menet_jax.training import checkpoint, metrics, objectives
+from menet_jax.training import checkpoint, factories, metrics, objectives
 from menet_jax.training import state as state_lib
 from menet_jax.training.config import Config
 from menet_jax.utils import parallel
@@ -64,6 +69,65 @@ def eval_step(apply_fn, variables, batch: dict[str, jax.Array]) -> dict[str, jax
   return {"correct": jnp.sum(w * (predicted == batch["label"])),
           "loss": jnp.sum(w * state_lib.cross_entropy(logits[0], batch["label"])),
           "count": jnp.sum(w)}
+
+
+class Keys(NamedTuple):
+  """The run's PRNG keys, each folded in from its seed: the parameters, the training steps (one
+  per step, folded in again with the step), and the defense's cached training and test draws."""
+  init: jax.Array
+  train: jax.Array
+  draws_train: jax.Array
+  draws_eval: jax.Array
+
+
+def keys(seed: int) -> Keys:
+  root = jax.random.key(seed)
+  return Keys(*(jax.random.fold_in(root, i) for i in range(4)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A run's classifier and its jitted steps, before any data is seen.
+
+  Attributes:
+    model: the classifier (factories.create_model).
+    state: the objective's initial state, replicated over the mesh.
+    step: (state, global batch, key) -> (state, metrics): the objective's step behind the
+      defense, jitted.
+    evaluate: (variables, global batch) -> sums: `eval_step`, jitted.
+    learning_rate: step -> the learning rate of the optimizer's schedule.
+  """
+  model: nn.Module
+  state: Any
+  step: Callable[..., Any]
+  evaluate: Callable[..., Any]
+  learning_rate: optax.Schedule
+
+
+def setup(config: Config, defense: Defense, objective: objectives.Objective,
+          image_shape: tuple[int, int, int], steps_per_epoch: int, mesh: jax.sharding.Mesh,
+          key: jax.Array) -> Setup:
+  """The classifier, its initial state from `key`, and its jitted training and test steps.
+
+  Args:
+    config: the run's configuration (model, optimizer and schedule, augment).
+    defense, objective: the run's, created from the config.
+    image_shape: (H, W, C) of the training images.
+    steps_per_epoch: shapes the learning-rate schedule (lr_boundaries are in epochs).
+    mesh: the device mesh (utils.parallel.mesh); state and outputs are replicated over it.
+    key: PRNG key of the initial parameters (`keys(seed).init`).
+  """
+  model = factories.create_model(config)
+  tx = factories.optimizer(config, steps_per_epoch)
+  replicated = parallel.replicated(mesh)
+  state = jax.jit(functools.partial(objective.init, model=model, tx=tx, image_shape=image_shape),
+                  out_shardings=replicated)(key)
+  step = jax.jit(functools.partial(objective.step, defense=defenses.on_devices(defense, mesh),
+                                   augment=config.augment),
+                 out_shardings=(replicated, replicated))
+  evaluate = jax.jit(functools.partial(eval_step, model.apply), out_shardings=replicated)
+  return Setup(model, state, step, evaluate,
+               factories.learning_rate_schedule(config, steps_per_epoch))
 
 
 def _cache_dir(config: Config) -> Path:
@@ -106,8 +170,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   local_batch = parallel.check_batch("batch_size", config.batch_size)
   local_eval_batch = parallel.check_batch("eval_batch_size", config.eval_batch_size)
   is_chief = parallel.is_chief()
-  root = jax.random.key(config.seed)
-  k_init, k_train, k_draws_train, k_draws_eval = (jax.random.fold_in(root, i) for i in range(4))
+  run_keys = keys(config.seed)
 
   if splits is None:
     splits = tuple(data.load(config.dataset, split, config.data_dir)
@@ -124,7 +187,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   levels = np.asarray(defense.train_levels)
   if defense.preprocesses and not objective.draws_in_step:
     source = input_pipeline.TrainSource(
-        _cached_draws(config, defense, train_images, config.train_split, levels, k_draws_train,
+        _cached_draws(config, defense, train_images, config.train_split, levels, run_keys.draws_train,
                       "train", progress), train_labels[train_shard])
   elif defense.preprocesses:
     source = input_pipeline.TrainSource(train_images[train_shard][None], train_labels[train_shard],
@@ -133,7 +196,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
     source = input_pipeline.TrainSource(train_images[train_shard][None], train_labels[train_shard])
   if defense.preprocesses:
     eval_images = _cached_draws(config, defense, test_images, config.test_split,
-                                np.full(defense.votes, defense.test_level), k_draws_eval, "eval",
+                                np.full(defense.votes, defense.test_level), run_keys.draws_eval, "eval",
                                 progress)
   else:
     eval_images = test_images[test_shard][None]
@@ -150,11 +213,8 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   largest_share = -(-len(test_images) // jax.process_count())
   eval_batches = -(-largest_share // local_eval_batch)
 
-  model = state_lib.create_model(config)
-  tx = state_lib.optimizer(config, steps_per_epoch)
-  replicated = parallel.replicated(mesh)
-  state = jax.jit(functools.partial(objective.init, model=model, tx=tx, image_shape=image_shape),
-                  out_shardings=replicated)(k_init)
+  run = setup(config, defense, objective, image_shape, steps_per_epoch, mesh, run_keys.init)
+  model, state = run.model, run.state
   ckpts = checkpoint.Checkpoints(workdir / "checkpoints", config=config.identity(),
                                  keep=config.keep_checkpoints, normalize=Config.identity_of)
   resumed = ckpts.latest_step()
@@ -163,18 +223,13 @@ def train_and_evaluate(config: Config, workdir: str | Path,
     logging.info("resumed %s at step %d", workdir, resumed)
   start = int(parallel.to_host(state.step))
 
-  step_fn = jax.jit(functools.partial(objective.step, defense=defenses.on_devices(defense, mesh),
-                                      augment=config.augment),
-                    out_shardings=(replicated, replicated))
-  eval_fn = jax.jit(functools.partial(eval_step, model.apply), out_shardings=replicated)
-  lr_fn = state_lib.learning_rate_schedule(config, steps_per_epoch)
 
   def evaluate() -> dict[str, float]:
     _, variables = objective.classifier(model, state)
     sums = None
     for batch in input_pipeline.eval_batches(eval_images, eval_labels, local_eval_batch,
                                              eval_batches):
-      out = eval_fn(variables, parallel.global_batch(mesh, batch))
+      out = run.evaluate(variables, parallel.global_batch(mesh, batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = parallel.to_host(sums)
     return {"test_accuracy": float(sums["correct"] / sums["count"]),
@@ -192,7 +247,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
       for local in source.batches(seed=config.seed, epoch=epoch, local_batch=local_batch,
                                   process=jax.process_index(), start_step=step % steps_per_epoch):
         batch = parallel.global_batch(mesh, local)
-        state, step_metrics = step_fn(state, batch, jax.random.fold_in(k_train, step))
+        state, step_metrics = run.step(state, batch, jax.random.fold_in(run_keys.train, step))
         step += 1
         window.append(step_metrics)
         seen += config.batch_size
@@ -200,7 +255,7 @@ def train_and_evaluate(config: Config, workdir: str | Path,
         if step % config.log_every == 0 or step % steps_per_epoch == 0:
           summary = {k: float(np.mean([parallel.to_host(m[k]) for m in window])) for k in window[0]}
           elapsed = time.perf_counter() - t0
-          summary.update(learning_rate=float(lr_fn(step - 1)), images_per_s=seen / elapsed,
+          summary.update(learning_rate=float(run.learning_rate(step - 1)), images_per_s=seen / elapsed,
                          images_per_s_per_device=seen / elapsed / jax.device_count())
           writer.write(step, {f"train_{k}" if k in ("loss", "accuracy") else k: v
                               for k, v in summary.items()})

@@ -1,8 +1,9 @@
-"""The classifier's training state and its small factories (as the Flax ImageNet example)."""
+"""The classifier's training state: parameters, optimizer state, BatchNorm statistics, and the
+steps every objective shares (its factories from a run's Config: training.factories)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -10,40 +11,12 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from menet_jax import models
 from menet_jax.models import normalize
-
-if TYPE_CHECKING:  # the config imports the objectives, which import this module
-  from menet_jax.training.config import Config
-
-_NORMALIZATION_KEY = {"svhn_cropped": "svhn"}
 
 
 class TrainState(train_state.TrainState):
   """Parameters, optimizer state and BatchNorm running statistics of one classifier."""
   batch_stats: Any
-
-
-def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
-  """lr, multiplied by lr_decay at each epoch of lr_boundaries (Table 8's step decay)."""
-  return optax.piecewise_constant_schedule(
-      config.lr, {b * steps_per_epoch: config.lr_decay for b in config.lr_boundaries})
-
-
-def optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The config's optimizer with coupled L2 weight decay on every parameter, as torch.optim's
-  SGD (with momentum) or Adam (beta 0.9 / 0.999, eps 1e-8) with weight_decay."""
-  schedule = learning_rate_schedule(config, steps_per_epoch)
-  step = (optax.sgd(schedule, config.momentum) if config.optimizer == "sgd"
-          else optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
-  return optax.chain(optax.add_decayed_weights(config.weight_decay), step)
-
-
-def create_model(config: Config) -> nn.Module:
-  """The run's classifier, normalising with its dataset's statistics (or its recipe's)."""
-  mean, std = models.normalization_of(
-      config.model, _NORMALIZATION_KEY.get(config.dataset, config.dataset))
-  return models.create(config.model, num_classes=config.num_classes, mean=mean, std=std)
 
 
 def init_variables(module: nn.Module, key: jax.Array, shape: tuple[int, ...],

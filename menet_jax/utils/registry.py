@@ -146,6 +146,11 @@ class Registry:
       raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
     return self._entries[name]
 
+  def defaults(self, name: str) -> dict[str, Any]:
+    """The declared defaults of `name`'s parameters (those without one are left out)."""
+    return {p.name: p.default for p in self.entry(name).parameters
+            if p.default is not _Kind.empty}
+
   def get(self, name: str) -> Any:
     """The registered function or class itself."""
     return self.entry(name).obj

@@ -367,7 +367,8 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 
 @pytest.mark.parametrize("args,kwargs,match", [
-    (("imagenet", "train"), {}, "name must be one of"),
+    (("mnist2", "train"), {}, "unknown dataset .mnist2.; known: cifar10"),
+    ((None, "train"), {}, "dataset must be a name"),
     (("mnist", "validation"), {}, "split must be one of"),
     (("mnist", "train[:"), {}, "split must look like"),
     (("mnist", "test"), dict(backend="hub"), "backend must be one of"),

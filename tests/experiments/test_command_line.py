@@ -130,3 +130,37 @@ def test_only_check_args_checks_without_writing(tmp_path):
   assert "eps=0.0313725" in train[1]
   assert "clean, pgd(step_size=None,steps=5)" in evaluate[1] and "linf eps 0.0156863" in evaluate[1]
   assert _tree(tmp_path) == before
+
+
+def test_every_flag_default_is_its_components():
+  # Parameters are declared once: a flag of a run setting or of ME-Net's defense leaves its
+  # default to the Config (or the dataset, or MENet.create), and an evaluation flag's default is
+  # EvalConfig's, read from there.
+  import dataclasses
+
+  from menet_jax import defenses, evaluation
+
+  fv = flags.FlagValues()
+  experiment.define_flags("cifar10", fv)
+  fields = [f.name for f in dataclasses.fields(config_lib.Config)]
+  menet = defenses.DEFENSES.defaults("menet")
+  for name in [*fields, *menet]:
+    if name in fv and name != "dataset":  # the entry point's dataset
+      assert fv[name].default is None, (name, fv[name].default)
+  ev = evaluation.EvalConfig()
+  for flag, field in (("attacks", "attacks"), ("attack_steps", "attack_steps"), ("norm", "norm"),
+                      ("restarts", "restarts"), ("defense_draws", "draws"),
+                      ("eval_seed", "seed"), ("cascade", "cascade"),
+                      ("sanity_images", "sanity_images"), ("sanity_eps", "sanity_eps"),
+                      ("curve_eps", "curve_eps")):
+    value = fv[flag].default
+    expected = getattr(ev, field)
+    if flag == "attacks":
+      value = tuple(value.split(","))
+    elif isinstance(expected, tuple):
+      value = tuple(type(expected[0])(v) for v in value) if expected else tuple(value)
+    assert value == expected, (flag, value, expected)
+  assert fv["me_method"].default == config_lib.ME_METHOD
+  # The help still says what each default is.
+  assert f"(default: {menet['startp']})" in fv["startp"].help
+  assert "default: 256" in fv["batch_size"].help

@@ -44,6 +44,17 @@ def test_every_flagfile_is_a_valid_configuration(path):
     assert lines[0].startswith("--flagfile=experiments/flags/base/") and len(lines) <= 8
 
 
+def test_no_flagfile_is_a_copy_of_another_but_for_p_dataset_or_workdir():
+  # A p range or a dataset is an override of one base on the command line, not a new file.
+  overrides = ("--startp", "--endp", "--dataset", "--workdir")
+  seen = {}
+  for path in sorted((REPO / "experiments" / "flags").rglob("*.flags")) + [REPO / "menet.flags"]:
+    lines = frozenset(l for l in path.read_text().splitlines()
+                      if l.startswith("--") and l.split("=")[0] not in overrides)
+    assert lines not in seen, f"{path.name} repeats {seen[lines]} but for {overrides}"
+    seen[lines] = path.name
+
+
 def test_flagfiles_include_bases_that_exist():
   for path in FLAGFILES:
     for line in path.read_text().splitlines():
@@ -125,7 +136,7 @@ def _error_lines(proc):
     (["--mode=sgd"], "value should be one of"),
     (["--flagfile=/nonexistent/run.flags"], "/nonexistent/run.flags"),
     (["--dataset=tiny_imagenet"], "this entry point runs cifar10, but the flags ask for "
-                                  "tiny_imagenet; use python -m experiments.tiny_imagenet"),
+                                  "tiny_imagenet; use python -m experiments.main --dataset=tiny_imagenet"),
     (["--batch_size=6"], "batch_size must be divisible by the number of devices (4)"),
     # --cpu_devices replaces the 4 CPU devices of XLA_FLAGS before JAX starts.
     (["--cpu_devices=3", "--batch_size=128"],

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax import models
+from menet_jax import data, models
 from menet_jax.models import DenseNet, LeNet, ResNet, SmallCNN, WideResNet, small_cnn
 
-CIFAR = models.NORMALIZATION["cifar10"]
+CIFAR = (data.dataset("cifar10").mean, data.dataset("cifar10").std)
 MNIST_STATS = ((0.1307,), (0.3081,))  # a non-trivial 1-channel normalisation
 
 
@@ -257,7 +257,7 @@ def test_first_batch_norm_matches_numpy(initialised):
 
 @pytest.mark.parametrize("name, stats", [
     ("small_cnn", CIFAR), ("small_cnn_28x28x1", MNIST_STATS),
-    ("densenet_tiny", models.NORMALIZATION["tiny_imagenet"]),
+    ("densenet_tiny", (data.dataset("tiny_imagenet").mean, data.dataset("tiny_imagenet").std)),
     ("lenet", ((0.25,), (0.5,))),
 ])
 def test_normalisation_inside_the_model(initialised, name, stats):
@@ -277,14 +277,17 @@ def test_channel_mismatch_in_normalisation_is_an_error(initialised):
 
 
 def test_normalization_constants():
-  assert models.NORMALIZATION["cifar10"] == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-  assert models.NORMALIZATION["mnist"] == models.NORMALIZATION["fashion_mnist"] == ((0.0,), (1.0,))
-  for name, (mean, std) in models.NORMALIZATION.items():
-    channels = 1 if "mnist" in name or name == "raw" else 3  # "raw": one value for any channels
-    assert len(mean) == len(std) == channels
+  # The ME-Net release's CIFAR-10 constants; Madry's raw MNIST pixels; every dataset's are
+  # per-channel or one value, in range.
+  assert CIFAR == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+  for name in ("mnist", "fashion_mnist"):
+    assert (data.dataset(name).mean, data.dataset(name).std) == ((0.0,), (1.0,))
+  stats = {name: (data.dataset(name).mean, data.dataset(name).std) for name in data.names()}
+  stats.update(models.NORMALIZATION)
+  for name, (mean, std) in stats.items():
+    assert len(mean) == len(std)
     assert all(0 <= m < 1 for m in mean) and all(0 < s <= 1 for s in std)
-  assert set(models.NORMALIZATION) == {"cifar10", "svhn", "tiny_imagenet", "mnist", "fashion_mnist",
-                                     "mnist_examples", "raw"}
+  assert set(models.NORMALIZATION) == {"mnist_examples", "raw"}
 
 
 def test_registry_names_and_classes():
@@ -298,8 +301,7 @@ def test_registry_names_and_classes():
   assert (wrn.mean, wrn.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
   assert isinstance(models.create("resnet18", num_classes=10), ResNet)
   assert models.create("lenet", num_classes=10).mean == (0.0,)
-  assert models.create("densenet121", num_classes=200).mean == models.NORMALIZATION[
-      "tiny_imagenet"][0]
+  assert models.create("densenet121", num_classes=200).mean == data.dataset("tiny_imagenet").mean
 
 
 def test_registry_rejects_unknown_name():
@@ -338,9 +340,9 @@ def test_wide_resnet_rejects_bad_depth():
 def test_a_model_may_prescribe_its_own_normalisation():
   # The examples' CNN normalises MNIST with mean 0.1307 / std 0.3081; Madry's LeNet takes raw
   # pixels; the others take their dataset's statistics.
-  assert models.normalization_of("ride_mnist_cnn", "mnist") == ((0.1307,), (0.3081,))
-  assert models.normalization_of("lenet", "mnist") == ((0.0,), (1.0,))
-  assert models.normalization_of("small_cnn", "cifar10") == models.NORMALIZATION["cifar10"]
+  assert models.normalization_of("ride_mnist_cnn", (0.0,), (1.0,)) == ((0.1307,), (0.3081,))
+  assert models.normalization_of("lenet", (0.0,), (1.0,)) == ((0.0,), (1.0,))
+  assert models.normalization_of("small_cnn", *CIFAR) == CIFAR
 
 
 @pytest.mark.parametrize("name, shape", [("small_cnn", (2, 32, 32, 3)),

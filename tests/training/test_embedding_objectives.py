@@ -13,8 +13,7 @@ from scipy import integrate, stats
 
 from menet_jax import defenses
 from menet_jax.models.embedding import Critic
-from menet_jax.training import objectives
-from menet_jax.training import state as state_lib
+from menet_jax.training import factories, objectives
 from menet_jax.training.config import Config
 from menet_jax.training.objectives import embedding
 
@@ -26,9 +25,9 @@ def _setup(objective, optimizer="adam", lr=1e-3, model="er_mnist(width=8)", data
                            optimizer=optimizer, lr=lr, weight_decay=0.0, momentum=0.0,
                            lr_boundaries=())
   obj = objectives.create(cfg.objective)
-  model = state_lib.create_model(cfg)
+  model = factories.create_model(cfg)
   shape = cfg.image_shape()
-  state = obj.init(jax.random.key(0), model, state_lib.optimizer(cfg, 10), shape)
+  state = obj.init(jax.random.key(0), model, factories.optimizer(cfg, 10), shape)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (16, *shape), dtype=np.uint8),
            "label": rng.integers(0, 10, 16).astype(np.int32)}

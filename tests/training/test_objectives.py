@@ -6,7 +6,7 @@ import pytest
 
 from menet_jax import defenses
 from menet_jax.defenses import MENet
-from menet_jax.training import loop, objectives
+from menet_jax.training import factories, loop, objectives
 from menet_jax.training import state as state_lib
 from menet_jax.training.config import Config
 
@@ -20,7 +20,7 @@ def _config(**kw):
 def test_optimizer_is_torch_sgd_with_coupled_weight_decay():
   # torch.optim.SGD: g <- g + wd p; v <- mu v + g; p <- p - lr v (lr from the step schedule).
   cfg = _config()
-  tx = state_lib.optimizer(cfg, steps_per_epoch=2)
+  tx = factories.optimizer(cfg, steps_per_epoch=2)
   p = np.array([1.0, -2.0, 3.0])
   state = tx.init(jnp.asarray(p))
   ref_p, ref_v = p.copy(), np.zeros(3)
@@ -35,8 +35,8 @@ def test_optimizer_is_torch_sgd_with_coupled_weight_decay():
 
 
 def _state(cfg, seed=0):
-  tx = state_lib.optimizer(cfg, steps_per_epoch=10)
-  return state_lib.create_train_state(jax.random.key(seed), state_lib.create_model(cfg), tx, (32, 32, 3))
+  tx = factories.optimizer(cfg, steps_per_epoch=10)
+  return state_lib.create_train_state(jax.random.key(seed), factories.create_model(cfg), tx, (32, 32, 3))
 
 
 def _batch(n=8, seed=0):

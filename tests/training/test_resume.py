@@ -13,8 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from menet_jax.training import checkpoint, objectives
-from menet_jax.training import state as state_lib
+from menet_jax.training import checkpoint, factories, objectives
 from menet_jax.training.config import Config
 from tests.conftest import CIFAR_TEST, DATA_DIR
 
@@ -49,8 +48,8 @@ def _env():
 
 def _final_state(workdir):
   config = Config.from_json(json.loads((workdir / "config.json").read_text()))
-  model = state_lib.create_model(config)
-  tx = state_lib.optimizer(config, steps_per_epoch=16)
+  model = factories.create_model(config)
+  tx = factories.optimizer(config, steps_per_epoch=16)
   objective = objectives.create(config.objective)
   target = jax.eval_shape(lambda k: objective.init(k, model, tx, config.image_shape()),
                           jax.random.key(0))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.attacks import pgd
+from menet_jax.data import cifar10
 from menet_jax.defenses import Defense
 from menet_jax.training import state as state_lib
 from menet_jax.training.objectives.base import Objective, register
@@ -31,10 +32,11 @@ from menet_jax.utils import validation
 @register("pgd_at")
 @dataclasses.dataclass(frozen=True)
 class PGDAdversarialTraining(Objective):
-  """Attributes: eps (l-inf radius, pixels in [0, 1]), step_size, steps of the PGD."""
-  eps: float = 8 / 255
-  step_size: float = 2 / 255
-  steps: int = 7
+  """Attributes: eps (l-inf radius, pixels in [0, 1]), step_size, steps of the PGD; by default
+  ME-Net's (its Section 3.3, on CIFAR-10; a run takes its dataset's, training.config)."""
+  eps: float = cifar10.PGD["eps"]
+  step_size: float = cifar10.PGD["step_size"]
+  steps: int = cifar10.PGD["steps"]
 
   draws_in_step = True
 
