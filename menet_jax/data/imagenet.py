@@ -4,8 +4,11 @@ PIL's, as torchvision's Resize(256)), then the central 224 x 224 crop (CenterCro
 
 Files: an ILSVRC-2012 folder in the usual layout, train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the
 validation images sorted into class folders, as torchvision's ImageFolder and the PyTorch ImageNet
-example read them), or TFDS's `imagenet2012`, prepared from its manual download folder. A label
-is the index of its wnid in sorted order, as in both.
+example read them), or TFDS's `imagenet2012`, prepared (download=True, --download) from the
+archives ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar put in TFDS's manual folder,
+<data_dir>/downloads/manual/ (ImageNet's licence makes every copy a manual download); TFDS's
+images of every size go through the same transform. A label is the index of its wnid in sorted
+order, as in both.
 
 Images are decoded when a slice is taken: "validation[:2000]" reads 2,000 files. What is loaded
 is held in memory as uint8, 150 KB an image (the validation split 7.5 GB, the training split

@@ -128,7 +128,10 @@ def test_tiny_imagenet_folder_format(tmp_path, rng):
 
 
 @pytest.mark.parametrize("name,shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1)),
-                                        ("fashion_mnist", (28, 28, 1)), ("svhn_cropped", (32, 32, 3))])
+                                        ("fashion_mnist", (28, 28, 1)), ("svhn_cropped", (32, 32, 3)),
+                                        ("stl10", (96, 96, 3)),
+                                        # TFDS's images of every size, resized and cropped
+                                        ("imagenet", (224, 224, 3))])
 def test_tfds_backend_with_mock_data(tmp_path, monkeypatch, name, shape):
   import tempfile
 
@@ -143,7 +146,8 @@ def test_tfds_backend_with_mock_data(tmp_path, monkeypatch, name, shape):
     auto_images = (None if name == "fashion_mnist"
                    else data.load(name, "train", tmp_path, download=True)[0])
   assert images.shape == (6,) + shape and images.dtype == np.uint8
-  assert labels.dtype == np.int32 and labels.shape == (6,) and 0 <= labels.min() <= labels.max() < 10
+  assert labels.dtype == np.int32 and labels.shape == (6,)
+  assert 0 <= labels.min() <= labels.max() < data.dataset(name).num_classes
   if auto_images is not None:
     np.testing.assert_array_equal(auto_images, images)
 
