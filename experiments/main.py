@@ -34,7 +34,7 @@ import logging as std_logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import jax
 import numpy as np
@@ -107,6 +107,16 @@ def define_flags(dataset: str | None, flag_values: flags.FlagValues = FLAGS) -> 
     define(dataset, fv)
     groups.append((title, [name for name in flag_values if name not in before]))
   _HELP_GROUPS[:] = groups
+
+
+def _by_dataset(value: Callable[[data.Dataset], Any]) -> str:
+  """"value (datasets), ..." of each registered dataset's value, for a flag's help; a dataset
+  without one (None) is named as having none."""
+  groups: dict[Any, list[str]] = {}
+  for name in data.names():
+    groups.setdefault(value(data.dataset(name)), []).append(name)
+  return ", ".join(f"{'none' if v is None else v} ({', '.join(names)})"
+                   for v, names in groups.items())
 
 
 def _config_defaults() -> dict[str, Any]:
@@ -183,7 +193,8 @@ def _define_defense_flags(dataset: str, fv: dict[str, Any]) -> None:
   _define_radius("adv_eps", None, "--mode's PGD radius (default per dataset); with --mode=eval "
                  "the default --eps.", fv)
   _define_radius("adv_step", None, "--mode's PGD step size.", fv)
-  flags.DEFINE_integer("adv_steps", None, "--mode's PGD steps (7; 40 for MNIST).", **fv)
+  flags.DEFINE_integer("adv_steps", None, "--mode's PGD steps (default: the dataset's, "
+                       f"{_by_dataset(lambda d: d.pgd['steps'])}).", **fv)
 
 
 def _define_training_flags(dataset: str, fv: dict[str, Any]) -> None:
@@ -200,11 +211,12 @@ def _define_training_flags(dataset: str, fv: dict[str, Any]) -> None:
   flags.DEFINE_float("lr_decay", None, f"Step decay factor (default: {run['lr_decay']}).", **fv)
   flags.DEFINE_float("momentum", None, f"SGD momentum (default: {run['momentum']}).", **fv)
   flags.DEFINE_enum("optimizer", None, list(config_lib.OPTIMIZERS),
-                    "sgd (momentum) or adam (PyTorch's defaults); default: the dataset's (sgd "
-                    "but for stl10).", **fv)
-  flags.DEFINE_float("weight_decay", None, "L2 weight decay; default: the dataset's (1e-4, the "
-                     "ME-Net release's, but for stl10).", **fv)
-  flags.DEFINE_bool("augment", None, "Pad-4 crop + flip (default: Table 8; off for MNIST).", **fv)
+                    "sgd (momentum) or adam (PyTorch's defaults); default: the dataset's, "
+                    f"{_by_dataset(lambda d: d.training and d.training.optimizer)}.", **fv)
+  flags.DEFINE_float("weight_decay", None, "L2 weight decay; default: the dataset's, "
+                     f"{_by_dataset(lambda d: d.training and d.training.weight_decay)}.", **fv)
+  flags.DEFINE_bool("augment", None, "Pad-4 crop + flip; default: the dataset's, "
+                    f"{_by_dataset(lambda d: d.training and d.training.augment)}.", **fv)
   flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (0: every epoch; "
                        f"default: {run['checkpoint_every']}).", **fv)
   flags.DEFINE_integer("keep_checkpoints", None, "Most recent checkpoints kept (default: "
@@ -290,6 +302,7 @@ def _check_dataset(dataset: str | None) -> None:
   if entry is None or dataset in (None, entry):
     return
   if _ENTRY_DATASET:
+    data.dataset(dataset)  # a name that is not registered is that error, not this one
     raise ValueError(f"this entry point runs {entry}, but the flags ask for {dataset}; use "
                      f"python -m experiments.main --dataset={dataset}")
   raise ValueError(f"--dataset is {entry}, but the run in --workdir is a {dataset} run")
@@ -298,6 +311,8 @@ def _check_dataset(dataset: str | None) -> None:
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
   """The validated Config that parsed flags describe (Table 8 defaults for unset ones)."""
   fv = flag_values
+  if fv.dataset is None:
+    raise ValueError(f"--dataset is required to train: one of {', '.join(data.names())}")
   fields = ("workdir", "data_dir", "cache_dir", "train_split", "test_split", "model",
             "num_classes", "epochs", "batch_size", "lr", "lr_decay", "momentum", "optimizer",
             "weight_decay", "augment", "seed", "checkpoint_every", "keep_checkpoints",
@@ -395,8 +410,11 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
   """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
   checked = _eval_plan()
   config, split, plan = checked.config, checked.split, checked.plan
-  images, labels = data.load(config.dataset, split, checked.data_dir, download=FLAGS.download)
-  n = validation.integer_in("eval_images", FLAGS.eval_images, 1, len(images))
+  available = data.count(config.dataset, split, checked.data_dir, download=FLAGS.download)
+  n = validation.integer_in("eval_images", FLAGS.eval_images, 1, available)
+  # The first n images, decoding no other (an unsliced split is sliced here).
+  images, labels = data.load(config.dataset, split if "[" in split else f"{split}[:{n}]",
+                             checked.data_dir, download=FLAGS.download)
   images, labels = images[:n].astype(np.float32) / 255.0, labels[:n]
   restored = evaluation.load(FLAGS.workdir, FLAGS.checkpoint,
                              defense=FLAGS.defense if FLAGS["defense"].present else None,
@@ -480,8 +498,8 @@ def _check_data(dataset: str, splits: list[str], data_dir: str | None) -> str:
   missing = []
   for split in splits:
     try:
-      # Never download here: a check writes nothing.
-      data.load(dataset, split, data_dir)
+      # Never download here: a check writes nothing (and decodes no image it need not).
+      data.count(dataset, split, data_dir)
     except FileNotFoundError:
       if not FLAGS.download:
         raise

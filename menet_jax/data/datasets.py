@@ -73,6 +73,9 @@ class Dataset:
     subdirs: sub-folders of a data folder searched before the folder itself.
     system_dirs: folders searched whatever the data folder (e.g. a Debian package's).
     tfds_name: its name in the tensorflow-datasets catalog, None if it has none.
+    tfds_manual: the files TFDS cannot download itself, to be put in its manual folder
+      (<data folder>/downloads/manual) before download=True can prepare the dataset; None: TFDS
+      downloads everything.
     tfds_image: applied to each image TFDS gives, where those are not yet `image_shape` (e.g.
       ImageNet's resize and crop); None: used as they are.
   """
@@ -91,6 +94,7 @@ class Dataset:
   subdirs: tuple[str, ...] = ()
   system_dirs: tuple[str, ...] = ()
   tfds_name: str | None = None
+  tfds_manual: str | None = None
   tfds_image: Callable[[np.ndarray], np.ndarray] | None = None
 
   def __post_init__(self):

@@ -110,4 +110,4 @@ DATASET = register(Dataset(
     files="ILSVRC-2012 as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the validation images in "
           "class folders; https://image-net.org/download, needs an account)",
     subdirs=("imagenet", "ILSVRC2012", "imagenet/ILSVRC2012"), tfds_name="imagenet2012",
-    tfds_image=resize_and_crop))
+    tfds_manual="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar", tfds_image=resize_and_crop))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from absl import logging
@@ -57,6 +57,23 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
       is False), or TFDS failed to download or read it; the message says where it looked and
       how to get the data.
   """
+  return _open(name, split, data_dir, backend, download).read()
+
+
+def count(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+          backend: str = "auto", download: bool = False) -> int:
+  """How many examples `load` would return, for a check: a reader that decodes images when
+  sliced (ImageNet's) or a TFDS copy decodes none. Arguments and errors as `load`'s."""
+  return _open(name, split, data_dir, backend, download).size
+
+
+class _Opened(NamedTuple):
+  """A split found: its number of examples, and how to read them."""
+  size: int
+  read: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+def _open(name: str, split: str, data_dir, backend: str, download: bool) -> _Opened:
   ds = dataset(name)
   validation.choice("backend", backend, BACKENDS)
   base, start, stop = _parse_split(split)
@@ -67,25 +84,39 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
   for root in looked:
     if root.is_dir() and ds.has_split(root, base):
       images, labels = ds.read(root, base)
-      _check_read(ds, root, base, images, labels)
+      _check_read(ds, str(root), base, images, labels)
       lo, hi = _slice_bounds(len(labels), start, stop, split)
-      return images[lo:hi], labels[lo:hi]
+      return _Opened(hi - lo, lambda: (np.asarray(images[lo:hi]), labels[lo:hi]))
   missing = _Missing(ds, split, data_dir, looked, searched_files=backend != "tfds")
   if backend == "files" or ds.tfds_name is None:
     raise missing.error()
   lookup = _tfds_lookup(ds.tfds_name, data_dir)
   if lookup.prepared is None and not download:
     raise missing.error(tfds=lookup)
+
+  def tfds_failed(e: Exception) -> FileNotFoundError:
+    return missing.error(reason=f"tensorflow-datasets failed: {type(e).__name__}: {e}")
+
   try:
-    return _load_tfds(ds, split, lookup)
+    source = _tfds_source(ds, split, lookup)
   except Exception as e:  # noqa: BLE001 - any TFDS failure becomes one clear message
-    raise missing.error(reason=f"tensorflow-datasets failed: {type(e).__name__}: {e}") from e
+    raise tfds_failed(e) from e
+
+  def read() -> tuple[np.ndarray, np.ndarray]:
+    try:
+      images, labels = _read_tfds(ds, split, source)
+    except Exception as e:  # noqa: BLE001
+      raise tfds_failed(e) from e
+    _check_read(ds, f"the tensorflow-datasets copy {ds.tfds_name}", split, images, labels)
+    return images, labels
+
+  return _Opened(len(source), read)
 
 
-def _check_read(ds: Dataset, root: Path, split: str, images: np.ndarray,
+def _check_read(ds: Dataset, where: str, split: str, images: np.ndarray,
                 labels: np.ndarray) -> None:
   """A reader's output is what the dataset declares (a project's reader is checked here)."""
-  where = f"{ds.name} {split} in {root}"
+  where = f"{ds.name} {split} in {where}"
   if images.dtype != np.uint8 or images.shape[1:] != ds.image_shape:
     raise ValueError(f"{where}: the reader gave images {images.dtype} {images.shape[1:]}, "
                      f"not uint8 {ds.image_shape}")
@@ -163,7 +194,11 @@ class _Missing:
     where = ("a folder given as data_dir (or $MENET_DATA_DIR)" if self.data_dir is None
              else str(Path(self.data_dir).expanduser()))
     get = f"To get it: put {ds.files} in {where}"
-    if tfds is not None:
+    if tfds is not None and ds.tfds_manual:
+      get += (f", or put {ds.tfds_manual} in {tfds.download_dir / 'downloads' / 'manual'} and "
+              f"pass download=True (command line: --download) to let tensorflow-datasets "
+              f"prepare it there (needs TensorFlow: pip install -r {TFDS_EXTRA})")
+    elif tfds is not None:
       get += (f", or pass download=True (command line: --download) to let tensorflow-datasets "
               f"download and prepare it into {tfds.download_dir} (needs internet and TensorFlow: "
               f"pip install -r {TFDS_EXTRA})")
@@ -209,35 +244,38 @@ def _tfds_lookup(name: str, data_dir) -> _TfdsLookup:
   return _TfdsLookup(max(found)[1] if found else None, roots, download_dir)
 
 
-def _load_tfds(ds: Dataset, split: str, tfds_lookup: _TfdsLookup) -> tuple[np.ndarray, np.ndarray]:
-  """Reads the prepared copy, or (none prepared) downloads and prepares it first."""
+def _tfds_source(ds: Dataset, split: str, tfds_lookup: _TfdsLookup):
+  """The prepared copy's data source, or (none prepared) download and prepare it first."""
   import tensorflow_datasets as tfds  # imported lazily: slow, and unused offline
 
   name = ds.tfds_name
   if tfds_lookup.prepared is not None:
-    source = tfds.builder_from_directory(str(tfds_lookup.prepared)).as_data_source(split=split)
-  else:
-    target = tfds_lookup.download_dir
-    logging.warning("%s: no local files and no prepared tensorflow-datasets copy, and "
-                    "download=True: tensorflow-datasets downloads it into %s and prepares it "
-                    "in %s.", name, target / "downloads", target / name)
-    try:
-      # ArrayRecord is the format tfds.data_source reads; with TensorFlow installed TFDS would
-      # otherwise prepare TFRecord files, which it cannot read by index.
-      source = tfds.data_source(name, split=split, data_dir=str(target),
-                                builder_kwargs={"file_format": "array_record"})
-    except ModuleNotFoundError as e:
-      if e.name != "tensorflow":
-        raise
-      # Reading a prepared dataset needs no TensorFlow, but preparing one does: every TFDS
-      # builder of these datasets reads the downloaded files with tf.io.gfile.
-      raise ModuleNotFoundError(
-          f"preparing {name!r} with tensorflow-datasets needs TensorFlow, which the pinned "
-          f"environment leaves out (it is only needed to prepare a download): pip install -r "
-          f"{TFDS_EXTRA}, or pip install tensorflow-cpu", name="tensorflow") from e
+    return tfds.builder_from_directory(str(tfds_lookup.prepared)).as_data_source(split=split)
+  target = tfds_lookup.download_dir
+  logging.warning("%s: no local files and no prepared tensorflow-datasets copy, and "
+                  "download=True: tensorflow-datasets downloads it into %s and prepares it "
+                  "in %s.", name, target / "downloads", target / name)
+  try:
+    # ArrayRecord is the format tfds.data_source reads; with TensorFlow installed TFDS would
+    # otherwise prepare TFRecord files, which it cannot read by index.
+    return tfds.data_source(name, split=split, data_dir=str(target),
+                            builder_kwargs={"file_format": "array_record"})
+  except ModuleNotFoundError as e:
+    if e.name != "tensorflow":
+      raise
+    # Reading a prepared dataset needs no TensorFlow, but preparing one does: every TFDS
+    # builder of these datasets reads the downloaded files with tf.io.gfile.
+    raise ModuleNotFoundError(
+        f"preparing {name!r} with tensorflow-datasets needs TensorFlow, which the pinned "
+        f"environment leaves out (it is only needed to prepare a download): pip install -r "
+        f"{TFDS_EXTRA}, or pip install tensorflow-cpu", name="tensorflow") from e
+
+
+def _read_tfds(ds: Dataset, split: str, source) -> tuple[np.ndarray, np.ndarray]:
+  """Every example of a TFDS data source, each image through the dataset's `tfds_image`."""
   n = len(source)
   if n == 0:
-    raise ValueError(f"TFDS returned no examples for {name} {split}")
+    raise ValueError(f"TFDS returned no examples for {ds.tfds_name} {split}")
   transform = ds.tfds_image or np.asarray
   images = np.empty((n, *ds.image_shape), np.uint8)
   labels = np.empty((n,), np.int32)

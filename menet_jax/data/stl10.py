@@ -1,5 +1,5 @@
 """STL-10 (Coates et al., 2011): 96 x 96 x 3, 10 classes; 5,000 labelled training and 8,000 test
-images. The ER-Classifier's Table 1 dataset (its `er_stl10` model).
+images. One of the ER-Classifier's four datasets (its Figs. 2-3 and Table 3; its `er_stl10` model).
 
 Files: stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, the published
 binaries: each image 3 x 96 x 96 bytes, channel by channel, each channel stored column by

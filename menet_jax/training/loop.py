@@ -81,6 +81,7 @@ class Keys(NamedTuple):
 
 
 def keys(seed: int) -> Keys:
+  """The run's keys (`Keys`) from its seed."""
   root = jax.random.key(seed)
   return Keys(*(jax.random.fold_in(root, i) for i in range(4)))
 

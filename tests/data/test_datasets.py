@@ -198,12 +198,14 @@ def test_stl10_trains_as_the_er_classifier_by_default():
   assert config.image_shape() == (96, 96, 3)
 
 
-@pytest.mark.parametrize("args, match", [
-    ([], "dataset must be a name, one of cifar10, fashion_mnist, imagenet, mnist"),
-    (["--dataset=nope"], "unknown dataset 'nope'; known: cifar10"),
+@pytest.mark.parametrize("entry, args, match", [
+    ("main", [], "--dataset is required to train: one of cifar10, fashion_mnist, imagenet, mnist"),
+    ("main", ["--dataset=nope"], "unknown dataset 'nope'; known: cifar10"),
+    # A name that is no dataset is not sent to the generic entry point.
+    ("cifar10", ["--dataset=cifar100"], "unknown dataset 'cifar100'; known: cifar10"),
 ])
-def test_the_generic_entry_point_needs_a_registered_dataset(tmp_path, args, match):
-  proc = subprocess.run([sys.executable, "-m", "experiments.main", f"--workdir={tmp_path / 'w'}",
+def test_the_entry_points_need_a_registered_dataset(tmp_path, entry, args, match):
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{entry}", f"--workdir={tmp_path / 'w'}",
                          "--mode=vanilla", "--only_check_args", *args], cwd=watchdog.REPO,
                         env=watchdog.env(), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2 and match in proc.stderr, proc.stderr[-2000:]
@@ -224,7 +226,7 @@ def _reference_transform(path):
   return arr[top:top + 224, left:left + 224]
 
 
-def test_imagenet_reads_class_folders_at_224_with_the_standard_transform(tmp_path):
+def test_imagenet_reads_class_folders_at_224_with_the_standard_transform(tmp_path, monkeypatch):
   from PIL import Image
 
   val = tmp_path / "val"
@@ -243,9 +245,13 @@ def test_imagenet_reads_class_folders_at_224_with_the_standard_transform(tmp_pat
   np.testing.assert_array_equal(images[0], _reference_transform(val / wnids[3] / "b.JPEG"))
   np.testing.assert_array_equal(images[1], _reference_transform(val / wnids[7] / "a.JPEG"))
   assert images[1, :, 0, 0].min() > 200 and images[1, :, -1, 2].min() > 200  # red left, blue right
-  # A slice decodes only its images.
+  # A slice decodes only its images, and counting decodes none.
   one, label = data.load("imagenet", "validation[1:]", tmp_path)
   np.testing.assert_array_equal(one, images[1:])
+  with monkeypatch.context() as patch:
+    patch.setattr(Image, "open", lambda *a, **k: pytest.fail("count decoded an image"))
+    assert data.count("imagenet", "validation", tmp_path) == 2
+    assert data.count("imagenet", "validation[1:]", tmp_path) == 1
   (val / wnids[0]).rmdir()
   with pytest.raises(ValueError, match="holds 999 class folders, not the 1000 wnids"):
     data.load("imagenet", "validation", tmp_path)
