@@ -410,12 +410,11 @@ def run_eval() -> tuple[dict[str, Any], list[str]]:
   """Attacks the trained run in --workdir, writes the report; returns it and its failed checks."""
   checked = _eval_plan()
   config, split, plan = checked.config, checked.split, checked.plan
-  available = data.count(config.dataset, split, checked.data_dir, download=FLAGS.download)
-  n = validation.integer_in("eval_images", FLAGS.eval_images, 1, available)
-  # The first n images, decoding no other (an unsliced split is sliced here).
-  images, labels = data.load(config.dataset, split if "[" in split else f"{split}[:{n}]",
-                             checked.data_dir, download=FLAGS.download)
-  images, labels = images[:n].astype(np.float32) / 255.0, labels[:n]
+  # The split is found and read once, and only its first n images are decoded.
+  opened = data.open_split(config.dataset, split, checked.data_dir, download=FLAGS.download)
+  n = validation.integer_in("eval_images", FLAGS.eval_images, 1, opened.size)
+  images, labels = opened.read(n)
+  images = images.astype(np.float32) / 255.0
   restored = evaluation.load(FLAGS.workdir, FLAGS.checkpoint,
                              defense=FLAGS.defense if FLAGS["defense"].present else None,
                              **checked.defense_overrides)

@@ -14,7 +14,7 @@ from menet_jax.data import (  # noqa: F401
     cifar10, fashion_mnist, imagenet, mnist, stl10, svhn, tiny_imagenet)
 from menet_jax.data.datasets import Dataset, Training, names, register
 from menet_jax.data.datasets import get as dataset
-from menet_jax.data.loaders import BACKENDS, TFDS_EXTRA, count, load
+from menet_jax.data.loaders import BACKENDS, TFDS_EXTRA, Opened, count, load, open_split
 
-__all__ = ["BACKENDS", "Dataset", "TFDS_EXTRA", "Training", "cache", "count", "dataset",
-           "input_pipeline", "load", "names", "register"]
+__all__ = ["BACKENDS", "Dataset", "Opened", "TFDS_EXTRA", "Training", "cache", "count",
+           "dataset", "input_pipeline", "load", "names", "open_split", "register"]

@@ -57,23 +57,28 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
       is False), or TFDS failed to download or read it; the message says where it looked and
       how to get the data.
   """
-  return _open(name, split, data_dir, backend, download).read()
+  return open_split(name, split, data_dir, backend=backend, download=download).read()
 
 
 def count(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
           backend: str = "auto", download: bool = False) -> int:
   """How many examples `load` would return, for a check: a reader that decodes images when
   sliced (ImageNet's) or a TFDS copy decodes none. Arguments and errors as `load`'s."""
-  return _open(name, split, data_dir, backend, download).size
+  return open_split(name, split, data_dir, backend=backend, download=download).size
 
 
-class _Opened(NamedTuple):
-  """A split found: its number of examples, and how to read them."""
+class Opened(NamedTuple):
+  """A split found (`open_split`): its number of examples, and read(first=None) -> its first
+  `first` examples (all when None), images (first, H, W, C) uint8 and labels (first,) int32."""
   size: int
-  read: Callable[[], tuple[np.ndarray, np.ndarray]]
+  read: Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
-def _open(name: str, split: str, data_dir, backend: str, download: bool) -> _Opened:
+def open_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+               backend: str = "auto", download: bool = False) -> Opened:
+  """Finds a split once, to count it and then read as much of it as is needed (a reader that
+  decodes when sliced, or a TFDS copy, decodes no other image). Arguments and errors as
+  `load`'s."""
   ds = dataset(name)
   validation.choice("backend", backend, BACKENDS)
   base, start, stop = _parse_split(split)
@@ -86,7 +91,12 @@ def _open(name: str, split: str, data_dir, backend: str, download: bool) -> _Ope
       images, labels = ds.read(root, base)
       _check_read(ds, str(root), base, images, labels)
       lo, hi = _slice_bounds(len(labels), start, stop, split)
-      return _Opened(hi - lo, lambda: (np.asarray(images[lo:hi]), labels[lo:hi]))
+
+      def read_files(first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        end = hi if first is None else min(hi, lo + first)
+        return np.asarray(images[lo:end]), labels[lo:end]
+
+      return Opened(hi - lo, read_files)
   missing = _Missing(ds, split, data_dir, looked, searched_files=backend != "tfds")
   if backend == "files" or ds.tfds_name is None:
     raise missing.error()
@@ -102,15 +112,15 @@ def _open(name: str, split: str, data_dir, backend: str, download: bool) -> _Ope
   except Exception as e:  # noqa: BLE001 - any TFDS failure becomes one clear message
     raise tfds_failed(e) from e
 
-  def read() -> tuple[np.ndarray, np.ndarray]:
+  def read(first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     try:
-      images, labels = _read_tfds(ds, split, source)
+      images, labels = _read_tfds(ds, split, source, first)
     except Exception as e:  # noqa: BLE001
       raise tfds_failed(e) from e
     _check_read(ds, f"the tensorflow-datasets copy {ds.tfds_name}", split, images, labels)
     return images, labels
 
-  return _Opened(len(source), read)
+  return Opened(len(source), read)
 
 
 def _check_read(ds: Dataset, where: str, split: str, images: np.ndarray,
@@ -271,9 +281,11 @@ def _tfds_source(ds: Dataset, split: str, tfds_lookup: _TfdsLookup):
         f"{TFDS_EXTRA}, or pip install tensorflow-cpu", name="tensorflow") from e
 
 
-def _read_tfds(ds: Dataset, split: str, source) -> tuple[np.ndarray, np.ndarray]:
-  """Every example of a TFDS data source, each image through the dataset's `tfds_image`."""
-  n = len(source)
+def _read_tfds(ds: Dataset, split: str, source, first: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """The first `first` examples (all when None) of a TFDS data source, each image through the
+  dataset's `tfds_image`."""
+  n = len(source) if first is None else min(first, len(source))
   if n == 0:
     raise ValueError(f"TFDS returned no examples for {ds.tfds_name} {split}")
   transform = ds.tfds_image or np.asarray

@@ -252,6 +252,10 @@ def test_imagenet_reads_class_folders_at_224_with_the_standard_transform(tmp_pat
     patch.setattr(Image, "open", lambda *a, **k: pytest.fail("count decoded an image"))
     assert data.count("imagenet", "validation", tmp_path) == 2
     assert data.count("imagenet", "validation[1:]", tmp_path) == 1
+    opened = data.open_split("imagenet", "validation", tmp_path)
+  first, first_label = opened.read(1)  # found once, then its first image decoded
+  np.testing.assert_array_equal(first, images[:1])
+  np.testing.assert_array_equal(first_label, labels[:1])
   (val / wnids[0]).rmdir()
   with pytest.raises(ValueError, match="holds 999 class folders, not the 1000 wnids"):
     data.load("imagenet", "validation", tmp_path)
