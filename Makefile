@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 OUT_DIR ?= out/demo
 
-.PHONY: demo demo-standard figures test bench clean
+.PHONY: demo demo-standard figures test bench bench-accelerator clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.ride --data_dir=$(DATA_DIR) $(BENCH_SUMMARY)
 	$(BIN)/python -m benchmarks.conv_loop $(BENCH_SUMMARY)
 	$(BIN)/python -m benchmarks.summary $(BENCH_OUT)/summary.jsonl
+
+# The papers' runs at their real shapes on whatever backend JAX finds (README: install the
+# accelerator's jax first): throughput, peak device memory and projected wall time of each.
+bench-accelerator: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.paper_scale --out=$(BENCH_OUT)/paper_scale
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

@@ -21,6 +21,12 @@ gap (ours - SCS) / SCS; for Soft-Impute the relative gap of the objective
 0.5 ||P(R - x)||^2 + tau ||R||_* at each output's low-rank estimate R = SVT_tau(output)
 (tau = sigma_max(P x) / 50), against the reference's. A method is a component
 string: "soft_impute(solver=accelerated)".
+
+Distance to the machine's limit: each row also gives menet_jax's achieved GFLOP/s, the dense
+linear algebra it executes per image (`benchmarks.flops`: matrix products, eigendecompositions
+and QRs at their standard counts, counted in an untimed run on the first batch) times its
+images/s, and that rate as a share of the host's float32 matmul rate measured at the start of
+the same run (`--matmul_n` square matrices, median of 5).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import summary
+from benchmarks import flops, summary
 from menet_jax import data, reconstruct
 from menet_jax.utils import machine
 from menet_jax.utils.registry import parse, split_list
@@ -50,6 +56,8 @@ _METHODS = flags.DEFINE_string(
     "splic(solver=subspace),splic_alternating,splic_alternating(solver=subspace)",
     "Methods to measure, comma-separated component strings.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks.")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul whose rate is "
+                                 "the host's limit in the GFLOP/s column.")
 
 def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds):
   """Alternates full passes of the batched code with chunks of the reference.
@@ -96,16 +104,20 @@ def main(argv):
   x32 = jnp.asarray(x64, jnp.float32)
   mask_j = jnp.asarray(mask)
 
+  peak = flops.matmul_rate(_MATMUL_N.value)
   print(f"# machine: {machine.describe()}")
   print(f"# {len(x64)} CIFAR-10 test images, 32 x 96 concat, p = {_P.value}, "
-        f"menet_jax float32 in batches of {_BATCH.value}\n")
+        f"menet_jax float32 in batches of {_BATCH.value}")
+  print(f"# float32 matmul {_MATMUL_N.value} x {_MATMUL_N.value}: {peak:.1f} GFLOP/s\n")
   rows = ["| method | menet_jax img/s | compile s | reference | reference img/s (n) | speed-up "
-          "| mean rel. diff | objective gap |", "|---|---|---|---|---|---|---|---|"]
+          "| mean rel. diff | objective gap | MFLOP/img | GFLOP/s (of matmul) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
   for spec in split_list(_METHODS.value):
     name, given = parse(spec)
     params = {**PARAMS.get(name, {}), **given}
     fn = jax.jit(lambda a, b, name=name, params=params: reconstruct.get(name)(a, b, **params))
     ref_name, ref_fn = REFERENCES[name]
+    per_image = flops.per_item(fn, x32[:_BATCH.value], mask_j[:_BATCH.value])
     ours, ours_ips, compile_s, ref, ref_ips = _measure(
         fn, ref_fn, x32, mask_j, x64, mask, batch_size=_BATCH.value, rounds=_ROUNDS.value,
         ref_seconds=_REF_SECONDS.value)
@@ -121,10 +133,14 @@ def main(argv):
       gaps = [_soft_impute_objective(a, m, o) / _soft_impute_objective(a, m, r) - 1
               for a, m, o, r in zip(x64, mask, ours_n, ref)]
       gap = f"median {np.median(gaps):.1e}, max {np.max(gaps):.1e}"
+    achieved = per_image * ours_ips / 1e9
+    rate = f"{achieved:.2f} ({achieved / peak:.1%})"
     summary.record("reconstruct", spec, ours_ips, ref_name, ref_ips, "img/s",
-                   f"rel. diff {rel:.1e}" + (f"; objective gap {gap}" if gap else ""))
+                   f"rel. diff {rel:.1e}" + (f"; objective gap {gap}" if gap else "")
+                   + f"; {rate.replace(' (', ' GFLOP/s (')} of matmul")
     rows.append(f"| {spec} | {ours_ips:.1f} | {compile_s:.1f} | {ref_name} | {ref_ips:.2f} ({n}) "
-                f"| {ours_ips / ref_ips:.1f}x | {rel:.1e} | {gap} |")
+                f"| {ours_ips / ref_ips:.1f}x | {rel:.1e} | {gap} | {per_image / 1e6:.2f} "
+                f"| {rate} |")
     print(rows[-1], flush=True)
   print("\n" + "\n".join(rows))
 

@@ -104,17 +104,39 @@ def _measure_training(model_name: str, mode: str) -> dict:
   config = Config.for_dataset("cifar10", workdir="", model=model_name, mode=mode,
                               batch_size=_BATCH.value, me_method=_ADV_METHOD.value,
                               seed=_SEED.value)
+  defense = defenses.create(config.defense)
+  host_batches = _host_batches(4, parallel.check_batch("batch_size", config.batch_size),
+                               np.random.default_rng(config.seed), defense.test_level)
+  return measure_training(config, IMAGE_SHAPE, host_batches, warmup=_WARMUP.value,
+                          repeats=_REPEATS.value, min_seconds=_MIN_SECONDS.value,
+                          steps=_STEPS.value)
+
+
+def measure_training(config: Config, image_shape: tuple[int, int, int], host_batches: list[dict],
+                     *, warmup: int = 1, repeats: int = 3, min_seconds: float = 2.0,
+                     steps: int = 1) -> dict:
+  """Times the training step of `config` as `training.loop.train_and_evaluate` sets it up.
+
+  Args:
+    config: the run's configuration (its defense, objective, model, optimizer, batch size).
+    image_shape: (H, W, C) of the images.
+    host_batches: this process's batches ("image" (b, H, W, C) uint8, "label", "level"),
+      cycled through.
+    warmup: untimed steps after compilation; repeats: timed repeats (median reported), each
+      running blocks of `steps` steps (then the state is awaited) for at least `min_seconds`.
+
+  Returns:
+    compile (s), rate and per_device (images/s of the median repeat), steps (per repeat),
+    spread (slowest and fastest repeat), p (the batches' level) and the defense.
+  """
   config.validate()
   mesh = parallel.mesh()
-  local_batch = parallel.check_batch("batch_size", config.batch_size)
   defense = defenses.create(config.defense)
   objective = objectives.create(config.objective)
-  p = defense.test_level
   run_keys = loop.keys(config.seed)
-  run = loop.setup(config, defense, objective, IMAGE_SHAPE, _STEPS_PER_EPOCH, mesh, run_keys.init)
+  run = loop.setup(config, defense, objective, image_shape, _STEPS_PER_EPOCH, mesh, run_keys.init)
   state, step_fn, k_train = run.state, run.step, run_keys.train
 
-  host_batches = _host_batches(4, local_batch, np.random.default_rng(config.seed), p)
   start = time.perf_counter()
   compiled = step_fn.lower(state, parallel.global_batch(mesh, host_batches[0]),
                            jax.random.fold_in(k_train, 0)).compile()
@@ -122,7 +144,7 @@ def _measure_training(model_name: str, mode: str) -> dict:
 
   step = 0
 
-  def run(n: int):
+  def run_steps(n: int):
     nonlocal state, step
     for _ in range(n):
       batch = parallel.global_batch(mesh, host_batches[step % len(host_batches)])
@@ -130,19 +152,19 @@ def _measure_training(model_name: str, mode: str) -> dict:
       step += 1
     jax.block_until_ready(state)
 
-  run(_WARMUP.value)
+  run_steps(warmup)
   rates, steps_timed = [], []
-  for _ in range(_REPEATS.value):
+  for _ in range(repeats):
     start, n = time.perf_counter(), 0
-    while n == 0 or time.perf_counter() - start < _MIN_SECONDS.value:
-      run(_STEPS.value)
-      n += _STEPS.value
+    while n == 0 or time.perf_counter() - start < min_seconds:
+      run_steps(steps)
+      n += steps
     rates.append(n * config.batch_size / (time.perf_counter() - start))
     steps_timed.append(n)
   rate = statistics.median(rates)
   return {"compile": compile_seconds, "rate": rate, "per_device": rate / jax.device_count(),
-          "steps": steps_timed, "spread": (min(rates), max(rates)), "p": p,
-          "defense": defense}
+          "steps": steps_timed, "spread": (min(rates), max(rates)),
+          "p": float(host_batches[0]["level"][0]), "defense": defense}
 
 
 def _build_seconds(images: np.ndarray, transform, method: str, cache_dir: Path, tag: str) -> float:
