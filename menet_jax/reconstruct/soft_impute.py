@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from menet_jax.reconstruct import iterate, spectral
-from menet_jax.reconstruct.nuclear_norm import accelerated_svt
+from menet_jax.reconstruct.nuclear_norm import (CONTINUATION_FACTOR, CONTINUATION_START,
+                                                 accelerated_svt)
 from menet_jax.utils import validation
 
 # fancyimpute compares against float32 epsilon whatever the dtype.
@@ -36,11 +37,6 @@ _DEFAULT_DIVISOR = 50
 # of 600 CIFAR-10 and MNIST matrices (p 0.3 / 0.5 / 0.8) below the fixed point's objective
 # in float64, where the iterate-change rule at 1e-3 left some above it at p = 0.8.
 DEFAULT_TOL = {"fixed_point": 1e-3, "accelerated": 1e-5}
-# The accelerated solver's continuation: thresholds from sigma_max / 2 down by 0.7 per
-# step to the final one (9 steps at sigma_max / 50); chosen on 200 CIFAR-10 matrices
-# among starts sigma_max x (1, 1/2, 1/4) and ratios 0.5 to 0.8 (docs/benchmarks.md).
-_CONTINUATION_START = 0.5
-_CONTINUATION_FACTOR = 0.7
 
 
 def check_params(shape: tuple[int, ...], *, shrinkage: float | None, max_iters: int,
@@ -73,8 +69,9 @@ def soft_impute(x: jax.Array, mask: jax.Array, *, shrinkage: float | None = None
 
   solver "accelerated": the minimiser R of that objective F by `accelerated_svt` of
   reconstruct.nuclear_norm, thresholding at max(shrinkage, sigma_max / 2 * 0.7^k) in step k
-  (continuation) and stopping once F(R_k) - F(R_k+1) <= tol F(R_k+1) at the final
-  shrinkage; returned as fixed_point's is: mask * x + (1 - mask) * R.
+  (continuation, nuclear_norm.CONTINUATION_START and _FACTOR) and stopping once
+  F(R_k) - F(R_k+1) <= tol F(R_k+1) at the final shrinkage; returned as fixed_point's is:
+  mask * x + (1 - mask) * R.
 
   Args:
     x: (..., m, n) float32/float64.
@@ -109,7 +106,7 @@ def _soft_impute(x, mask, *, shrinkage, max_iters, tol, solver):
     sigma_max = spectral.safe_sqrt(lam[..., -1])
     tau = sigma_max / _DEFAULT_DIVISOR if given is None else given
     estimate = accelerated_svt(x, observed, tau, max_iters=max_iters, tol=tol, stop="objective",
-                               start=_CONTINUATION_START * sigma_max, factor=_CONTINUATION_FACTOR,
+                               start=CONTINUATION_START * sigma_max, factor=CONTINUATION_FACTOR,
                                first_step=first)
     return jnp.where(observed, x, estimate).reshape(batch + shape)
   # sigma_max only for the default shrinkage.
@@ -139,10 +136,10 @@ def _soft_impute(x, mask, *, shrinkage, max_iters, tol, solver):
 
 def _first_step(lam: jax.Array, shrinkage: jax.Array | None) -> jax.Array:
   """Filter for the continuation's first step: soft-thresholding at
-  max(_CONTINUATION_START * sigma_max, shrinkage), sigma_max read off lam itself. The level
+  max(CONTINUATION_START * sigma_max, shrinkage), sigma_max read off lam itself. The level
   is held constant in derivatives (stop_gradient): it is the solver's schedule, not the
   problem, and the filters' JVP needs a filter that acts elementwise on lam."""
   sigma_max = jax.lax.stop_gradient(spectral.safe_sqrt(lam[..., -1]))
   shrinkage = sigma_max / _DEFAULT_DIVISOR if shrinkage is None else shrinkage
-  level = jnp.maximum(_CONTINUATION_START * sigma_max, jax.lax.stop_gradient(shrinkage))
+  level = jnp.maximum(CONTINUATION_START * sigma_max, jax.lax.stop_gradient(shrinkage))
   return spectral.soft_threshold(lam, level)
