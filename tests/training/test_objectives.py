@@ -67,6 +67,34 @@ def test_madry_with_zero_radius_is_a_vanilla_step():
   assert any(np.abs(a - b).max() > 0 for a, b in zip(_leaves(state), _leaves(vanilla)))
 
 
+def test_a_warmed_up_radius_attacks_within_its_fraction_of_eps():
+  from menet_jax.training.objectives.pgd_at import attacked_inputs
+  cfg = _config()
+  state, batch, key = _state(cfg), _batch(), jax.random.key(3)
+  logits = lambda x, t: state_lib.logits(state, state.params, x, train=True)[0]
+  eps = 8 / 255
+  clean = np.asarray(batch["image"], np.float32) / 255
+
+  def attacked(radius):
+    x, _ = attacked_inputs(logits, batch, key, defense=IDENTITY, augment=False, eps=eps,
+                           step_size=2 / 255, steps=3, radius=radius)
+    return np.asarray(x)
+
+  full = attacked(None)
+  for r in (0.25, 0.5):
+    moved = np.abs(attacked(jnp.asarray(r)) - clean)
+    assert moved.max() <= r * eps + 1e-6 and moved.max() > 0.9 * r * eps, (r, moved.max())
+  np.testing.assert_allclose(attacked(jnp.asarray(1.0)), full, atol=1e-6)
+  # The objective's schedule: step s attacks at min(1, (s + 1) / warmup_steps) eps.
+  objective = objectives.create("pgd_at(eps=0.0313725, step_size=0.0078431, steps=2, "
+                                "warmup_steps=4)")
+  assert objective.warmup_steps == 4
+  with pytest.raises(ValueError, match="warmup_steps"):
+    objectives.create("pgd_at(warmup_steps=-1)")
+  stepped, _ = objective.step(state, batch, key, defense=IDENTITY, augment=False)
+  assert int(stepped.step) == 1
+
+
 def test_adv_step_trains_on_the_reconstruction_of_a_perturbed_image():
   cfg = _config()
   defense = MENet.create(method="usvt", startp=0.4, endp=0.6, mask_num=2)
