@@ -27,7 +27,6 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from menet_jax.reconstruct import spectral
 
@@ -109,4 +108,4 @@ def per_item(fn: Callable[..., jax.Array], *args: jax.Array) -> float:
   with counting() as count:
     jax.block_until_ready(jax.jit(fn)(*args))
     jax.effects_barrier()
-    return count() / len(np.asarray(args[0]))
+    return count() / args[0].shape[0]
