@@ -11,7 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
+# `pip install -e .` also compiles the CPU eigensolver (setup.py; needs a C++17 compiler).
+NATIVE_SOURCES := setup.py $(wildcard menet_jax/reconstruct/*.cc menet_jax/reconstruct/*.inc)
+$(VENV)/.installed: requirements.txt pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@

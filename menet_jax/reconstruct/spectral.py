@@ -10,10 +10,10 @@ Gram matrix G = x x^T (x^T x and x H for tall matrices). A filter gives the
 scale factors s = s(lambda) in terms of lambda, so no square roots of small,
 possibly negative rounding-level eigenvalues are needed and 1/sigma never appears.
 
-Why the Gram route: on CPU a batched eigendecomposition of the 32 x 32 Gram
-matrix of a 32 x 96 CIFAR matrix costs about a third of the corresponding SVD
-(both run LAPACK one matrix at a time), and the two matrix products around it
-are cheap. The price is precision: eigenvalues of G carry absolute errors of
+Why the Gram route: the eigendecomposition of the 32 x 32 Gram matrix of a
+32 x 96 CIFAR matrix costs a fraction of the corresponding SVD (about a third
+with LAPACK one matrix at a time; `eigh` now batches it), and the two matrix
+products around it are cheap. The price is precision: eigenvalues of G carry absolute errors of
 about eps * sigma_max^2, so singular values below about sqrt(eps) * sigma_max
 (3e-4 sigma_max in float32) are not resolved. All filters used here map those
 directions to (almost) the same scale, so the effect on the output is at that
@@ -36,6 +36,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from menet_jax.reconstruct import batched_eigh
+
 # A filter maps the ascending eigenvalues lambda (..., k) of the Gram matrix,
 # and a pytree of float parameters, to scale factors s (..., k). It must act
 # elementwise on lambda, apart from masks chosen by position in the ascending
@@ -54,24 +56,20 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Ascending eigenvalues and eigenvectors of symmetric (..., k, k) matrices.
 
-  On CPU one matrix is decomposed at a time, whatever the batch, the device
-  count and any `vmap` around the caller. jaxlib's batched LAPACK kernel
-  (0.10.2) splits a batch over XLA's intra-op thread pool and blocks the
-  calling thread until the pieces are done; when XLA runs two such kernels
-  concurrently on pool threads (independent loops in one program, or one per
-  device) every pool thread can end up waiting for work that no free thread
-  picks up, and the program hangs for good. A single matrix is decomposed
-  inline, never through the pool, so this route cannot starve it; it costs
-  no measurable time on 2 cores (docs/benchmarks.md). Other backends use their
-  batched kernels (cuSOLVER on GPUs, Jacobi on TPUs).
+  On CPU the whole batch goes to `batched_eigh`, a C++ kernel that vectorises the batch
+  across SIMD lanes (5-6x faster than LAPACK for 32 x 32 matrices, docs/benchmarks.md).
+  Not jaxlib's batched LAPACK kernel (0.10.2): it splits a batch over XLA's intra-op
+  thread pool and blocks the calling thread until the pieces are done, and when XLA runs
+  two such kernels concurrently on pool threads (independent loops in one program, or one
+  per device) every pool thread can end up waiting for work that no free thread picks up,
+  and the program hangs for good. `batched_eigh` only uses threads it starts and joins.
+  Other backends use their batched kernels (cuSOLVER on GPUs, Jacobi on TPUs).
 
   Derivatives are those of `jnp.linalg.eigh` (undefined where eigenvalues
   repeat); the filters below differentiate through `gram_functions` instead.
   """
-  k = g.shape[-1]
-  flat = g.reshape(-1, k, k)
-  lam, q = jax.lax.platform_dependent(flat, cpu=_EIGH_ONE_AT_A_TIME, default=jnp.linalg.eigh)
-  return lam.reshape(*g.shape[:-1]), q.reshape(g.shape)
+  return jax.lax.platform_dependent(g, cpu=batched_eigh.eigh,
+                                    default=lambda a: tuple(jnp.linalg.eigh(a)))
 
 
 @eigh.defjvp
@@ -88,8 +86,10 @@ def _eigh_jvp(primals, tangents):
   return (lam, q), (jnp.diagonal(dg_q, axis1=-2, axis2=-1), matmul(q, f * dg_q))
 
 
-def _one_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]:
+def one_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]:
   """fn on a (B, ...) batch as a loop over single matrices (`eigh` says why, for CPU).
+
+  benchmarks/eigh_route.py also times LAPACK's eigh this way.
 
   Batched by vmap (including a caller's vmap around this module's functions),
   the sequential_vmap wrapper becomes a loop over single matrices (lax.map), so
@@ -98,8 +98,7 @@ def _one_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]
   return jax.vmap(jax.custom_batching.sequential_vmap(fn))
 
 
-_EIGH_ONE_AT_A_TIME = _one_at_a_time(lambda g: jnp.linalg.eigh(g))
-_QR_ONE_AT_A_TIME = _one_at_a_time(lambda y: jnp.linalg.qr(y)[0])
+_QR_ONE_AT_A_TIME = one_at_a_time(lambda y: jnp.linalg.qr(y)[0])
 
 
 def orthonormal_basis(y: jax.Array) -> jax.Array:
