@@ -18,8 +18,9 @@ setup(ext_modules=[
         language="c++",
         # No -march: the kernel is compiled per instruction set and picked at load time.
         # -fno-wrapv undoes CPython's -fwrapv, under which GCC cannot vectorise the kernel's
-        # index arithmetic (3x slower). The two -Wno- silence warnings in jaxlib's FFI headers.
+        # index arithmetic (3x slower). -Wno-attributes and -Wno-return-type silence warnings
+        # in jaxlib's FFI headers, -Wno-psabi a note on passing SIMD vectors by value.
         extra_compile_args=["-std=c++17", "-O3", "-fno-math-errno", "-fno-wrapv",
-                            "-Wno-attributes", "-Wno-return-type"],
+                            "-Wno-attributes", "-Wno-return-type", "-Wno-psabi"],
     ),
 ])
