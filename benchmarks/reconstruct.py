@@ -62,7 +62,10 @@ _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul wh
 def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds):
   """Alternates full passes of the batched code with chunks of the reference.
 
-  Both then see the same load on this shared machine. Returns the batched outputs,
+  Both then see the same load on this shared machine. Each timed pass follows one untimed
+  batch: right after a chunk of the numpy reference, the first call ran up to 30 % slower
+  (USVT, 2026-12-07), a transient that a pass over a dataset does not have. Returns the
+  batched outputs,
   its images/s (median pass), the compile seconds, the reference outputs, and the
   reference's images/s (median per-image time).
   """
@@ -71,6 +74,7 @@ def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds
   compile_seconds = time.perf_counter() - compile_start
   pass_seconds, ref_seconds_each, ref_outputs = [], [], []
   for _ in range(rounds):
+    jax.block_until_ready(fn(x32[:batch_size], mask_j[:batch_size]))
     start = time.perf_counter()
     outputs = [jax.block_until_ready(fn(x32[i:i + batch_size], mask_j[i:i + batch_size]))
                for i in range(0, len(x32), batch_size)]
