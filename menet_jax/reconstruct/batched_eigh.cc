@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -64,10 +65,23 @@ namespace avx2 {
 template <typename T>
 using RangeFn = void (*)(int64_t, int64_t, int, const T*, T*, T*);
 
+// "avx2" where the CPU has AVX2 and FMA, else "baseline"; MENET_JAX_EIGH_ISA=baseline in the
+// environment forces the baseline (its tests run both).
+const char* Isa() {
+#if defined(MENET_HAS_AVX2_BUILD)
+  const char* forced = std::getenv("MENET_JAX_EIGH_ISA");
+  if ((forced == nullptr || std::strcmp(forced, "baseline") != 0) && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma")) {
+    return "avx2";
+  }
+#endif
+  return "baseline";
+}
+
 template <typename T, int L>
 RangeFn<T> SelectRange() {
 #if defined(MENET_HAS_AVX2_BUILD)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::EighRange<T, L>;
+  if (std::strcmp(Isa(), "avx2") == 0) return avx2::EighRange<T, L>;
 #endif
   return baseline::EighRange<T, L>;
 }
@@ -144,8 +158,11 @@ static PyObject* Handlers(PyObject*, PyObject*) {
   return out;
 }
 
+static PyObject* IsaName(PyObject*, PyObject*) { return PyUnicode_FromString(Isa()); }
+
 static PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "XLA FFI handlers of the batched eigensolver, by dtype."},
+    {"isa", IsaName, METH_NOARGS, "The compiled version in use: 'avx2' or 'baseline'."},
     {nullptr, nullptr, 0, nullptr}};
 
 static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_batched_eigh",

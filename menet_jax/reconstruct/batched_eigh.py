@@ -22,6 +22,12 @@ for _dtype, _capsule in _batched_eigh.handlers().items():
   jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(_dtype)], _capsule, platform="cpu")
 
 
+def isa() -> str:
+  """The compiled version in use: "avx2" (AVX2 + FMA) or "baseline"; chosen for the CPU when
+  the library loads, or forced to "baseline" by MENET_JAX_EIGH_ISA=baseline."""
+  return _batched_eigh.isa()
+
+
 def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Eigenvalues and eigenvectors of symmetric matrices on CPU.
 

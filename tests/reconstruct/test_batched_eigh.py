@@ -6,6 +6,12 @@ orthogonal to c n eps, for a modest c; by Weyl's theorem every eigenvalue is the
 |E|_2 of the exact one. The tests take c = 4.
 """
 
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +126,23 @@ def test_bad_input_is_rejected_before_tracing():
     batched_eigh.eigh(jnp.zeros((4,)))
   with pytest.raises(TypeError, match="float32 or float64"):
     batched_eigh.eigh(jnp.zeros((2, 4, 4), jnp.int32))
+
+
+def test_the_version_in_use_is_reported():
+  forced = os.environ.get("MENET_JAX_EIGH_ISA") == "baseline"
+  expected = {"baseline"} if forced or platform.machine() != "x86_64" else {"avx2", "baseline"}
+  assert batched_eigh.isa() in expected
+
+
+@pytest.mark.skipif(os.environ.get("MENET_JAX_EIGH_ISA") == "baseline", reason="already the baseline")
+def test_the_baseline_build_passes_these_tests():
+  # The AVX2 + FMA version serves the CPUs this suite runs on; this file again, in a child
+  # process on the baseline version (no FMA: where the QL iteration once failed to end).
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  out = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+       str(pathlib.Path(__file__).relative_to(repo))],
+      cwd=repo, env={**os.environ, "MENET_JAX_EIGH_ISA": "baseline"}, capture_output=True,
+      text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert " passed" in out.stdout and "failed" not in out.stdout
