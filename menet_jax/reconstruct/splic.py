@@ -121,7 +121,8 @@ def splic(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 0.02, rho: f
 
   Both steps need only the top-`rank` singular triplets of X_t (grad F_delta
   acts on X_r). solver "eigh" takes them from a full eigendecomposition of the
-  k x k Gram matrix G_t = X_t X_t^T (k = min(m, n)) at every step. solver
+  k x k Gram matrix G_t = X_t X_t^T (k = min(m, n)) at every step and applies
+  them as U U^T X_t and U diag(1 - step f) U^T X_t (no k x k filter matrices). solver
   "subspace" tracks the top b = rank + 8 dimensional invariant subspace of G_t
   from step to step: starting from the previous step's basis Y (at the first
   step, G_0's top-b eigenvectors), it takes 2 block power steps
@@ -131,7 +132,9 @@ def splic(x: jax.Array, mask: jax.Array, *, rank: int, lam: float = 0.02, rho: f
   2e-6 relative of a float64 reference for the median image, as the eigh route
   in float32; docs/benchmarks.md gives the spread), and its
   derivatives are the eigh route's, evaluated at the same input. Where b >= k
-  the two solvers are the same computation.
+  the two solvers are the same computation. With `spectral.eigh`'s batched CPU
+  kernel the full decomposition is the faster of the two on CIFAR-10 (32 x 32
+  Gram matrices, rank 8; docs/benchmarks.md).
 
   The TV term treats the matrix as one image: in the `concat` layout it also
   couples the last column of one channel with the first of the next.
@@ -193,19 +196,38 @@ def _splic(x, mask, *, solver, **params):
   batch, shape = x.shape[:-2], x.shape[-2:]
   x = x.reshape((-1,) + shape)
   anchors = mask.astype(bool).reshape(x.shape)
-  if solver == "subspace" and params["rank"] + _OVERSAMPLE < min(shape):
-    completed = _by_subspace(x, anchors, params)
-  else:
-    completed = _by_eigh(x, anchors, params)
+  if solver == "subspace" and params["rank"] + _OVERSAMPLE >= min(shape):
+    solver = "eigh"  # the tracked subspace would be the whole space: the same computation
+  # custom_jvp's nondiff arguments must hash: the parameters go as sorted items.
+  completed = _solve(x, anchors, tuple(sorted({**params, "solver": solver}.items())))
   return completed.reshape(batch + shape)
 
 
-def _by_eigh(x, anchors, params):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _solve(x, anchors, items):
+  """The solver's rounds; derivatives are those of `_by_filters`, the map both compute."""
+  params = dict(items)
+  forward = _by_subspace if params["solver"] == "subspace" else _by_top_eigenvectors
+  return forward(x, anchors, params)
+
+
+@_solve.defjvp
+def _solve_jvp(items, primals, tangents):
+  # Both solvers evaluate the map that `_by_filters` writes as spectral filters, whose
+  # derivative (Daleckii-Krein, spectral.gram_functions) stays finite at repeated singular
+  # values. The subspace solver only approximates it and keeps its own output.
+  x, anchors = primals
+  dx, _ = tangents
+  params = dict(items)
+  out, dout = jax.jvp(lambda a: _by_filters(a, anchors, params), (x,), (dx,))
+  if params["solver"] == "subspace":
+    out = _by_subspace(x, anchors, params)
+  return out, dout
+
+
+def _by_filters(x, anchors, params):
+  """Both steps as spectral filters of X_t: two k x k filter matrices applied to X_t."""
   rank, step = params["rank"], params["step"]
-  if params["delta0"] is None:
-    sigma_max = spectral.largest_singular_value(jnp.where(anchors, x, 0))
-  else:
-    sigma_max = None
   project = lambda l, _: spectral.top_k(l, rank)
   descend = lambda l, d: spectral.top_k(l, rank) * (1 - step * _smoothed_rank_slope(l, d))
 
@@ -213,31 +235,52 @@ def _by_eigh(x, anchors, params):
     x_r, x_descended = spectral.filter_matrices(current, [project, descend], delta)
     return x_r, x_descended, carried
 
-  return _complete(x, anchors, sigma_max, (), steps, params)
+  return _complete(x, anchors, _initial_sigma_max(x, anchors, params), (), steps, params)
+
+
+def _by_top_eigenvectors(x, anchors, params):
+  """`_by_filters` from the top-`rank` eigenvectors of G_t, without forming the filter matrices.
+
+  X_r = U U^T X_t and X_r - step grad F_delta(X_r) = U diag(1 - step f(sigma^2)) U^T X_t for
+  the top-`rank` eigenvectors U of G_t: 4 k rank n flops instead of 2 (2 k^3 + 2 k^2 n).
+  """
+  rank, step = params["rank"], params["step"]
+
+  def steps(current, delta, carried):
+    lam, q = spectral.eigh(spectral.gram(current))
+    x_r, x_descended = _top_rank_step(current, q[..., -rank:], lam[..., -rank:], delta, step)
+    return x_r, x_descended, carried
+
+  return _complete(x, anchors, _initial_sigma_max(x, anchors, params), (), steps, params)
+
+
+def _initial_sigma_max(x, anchors, params):
+  """sigma_max(mask * x), from which delta starts; None where delta0 is given."""
+  if params["delta0"] is not None:
+    return None
+  return spectral.largest_singular_value(jnp.where(anchors, x, 0))
+
+
+def _top_rank_step(current, u, lam_top, delta, step):
+  """(X_r, X_r - step grad F_delta(X_r)) from the top singular vectors on the short side.
+
+  Args:
+    current: (B, m, n) X_t.
+    u: (B, k, rank) its top `rank` left (m <= n) or right (m > n) singular vectors.
+    lam_top: (B, rank) their sigma^2.
+  """
+  scale = 1 - step * _smoothed_rank_slope(lam_top, delta)
+  m, n = current.shape[-2:]
+  if m <= n:
+    coef = spectral.matmul(spectral.transpose(u), current)  # (rank, n)
+    return spectral.matmul(u, coef), spectral.matmul(u * scale[..., None, :], coef)
+  coef = spectral.matmul(current, u)  # (m, rank)
+  ut = spectral.transpose(u)
+  return spectral.matmul(coef, ut), spectral.matmul(coef * scale[..., None, :], ut)
 
 
 def _by_subspace(x, anchors, params):
-  # custom_jvp's nondiff arguments must hash: the parameters go as sorted items.
-  return _by_subspace_with_eigh_derivative(x, anchors, tuple(sorted(params.items())))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _by_subspace_with_eigh_derivative(x, anchors, items):
-  return _by_subspace_forward(x, anchors, dict(items))
-
-
-@_by_subspace_with_eigh_derivative.defjvp
-def _by_subspace_jvp(items, primals, tangents):
-  # The derivative of the map that the tracked subspace approximates.
-  x, anchors = primals
-  dx, _ = tangents
-  _, dout = jax.jvp(lambda a: _by_eigh(a, anchors, dict(items)), (x,), (dx,))
-  return _by_subspace_forward(x, anchors, dict(items)), dout
-
-
-def _by_subspace_forward(x, anchors, params):
-  rank, step = params["rank"], params["step"]
-  m, n = x.shape[-2:]
+  rank = params["rank"]
   lam0, q0 = spectral.eigh(spectral.gram(jnp.where(anchors, x, 0)))
   sigma_max = spectral.safe_sqrt(lam0[..., -1])
   basis = q0[..., -(rank + _OVERSAMPLE):]
@@ -249,14 +292,7 @@ def _by_subspace_forward(x, anchors, params):
     ritz = spectral.matmul(spectral.transpose(basis), spectral.matmul(g, basis))
     theta, w = spectral.eigh(ritz)
     u = spectral.matmul(basis, w[..., -rank:])  # (k, rank): the top singular vectors
-    scale = 1 - step * _smoothed_rank_slope(theta[..., -rank:], delta)
-    if m <= n:
-      coef = spectral.matmul(spectral.transpose(u), current)  # (rank, n)
-      x_r, x_descended = spectral.matmul(u, coef), spectral.matmul(u * scale[..., None, :], coef)
-    else:
-      coef = spectral.matmul(current, u)  # (m, rank)
-      ut = spectral.transpose(u)
-      x_r, x_descended = spectral.matmul(coef, ut), spectral.matmul(coef * scale[..., None, :], ut)
+    x_r, x_descended = _top_rank_step(current, u, theta[..., -rank:], delta, params["step"])
     return x_r, x_descended, basis
 
   return _complete(x, anchors, sigma_max, basis, steps, params)
