@@ -105,7 +105,7 @@ def orthonormal_basis(y: jax.Array) -> jax.Array:
   """Q of the reduced QR decomposition of y: (..., k, b) -> (..., k, b), b <= k.
 
   Q's columns are orthonormal and span y's columns where y has full column rank.
-  On CPU one matrix at a time, as `eigh`. Not meant to be differentiated (the
+  On CPU LAPACK one matrix at a time (`eigh` says why). Not meant to be differentiated (the
   derivative of QR is undefined where y is rank-deficient).
   """
   k, b = y.shape[-2:]
