@@ -16,6 +16,9 @@ import jax.numpy as jnp
 
 from menet_jax.reconstruct import _batched_eigh
 
+# The kernel indexes a block of k x k matrices with 32-bit ints (8 float32 lanes).
+MAX_SIZE = 8192
+
 _TARGETS = {jnp.dtype(dtype): f"menet_jax_batched_eigh_{dtype}" for dtype in ("float32", "float64")}
 
 for _dtype, _capsule in _batched_eigh.handlers().items():
@@ -32,13 +35,16 @@ def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Eigenvalues and eigenvectors of symmetric matrices on CPU.
 
   Args:
-    g: (..., k, k) float32 or float64; only its symmetric part (g + g^T) / 2 is used.
+    g: (..., k, k) float32 or float64, k <= MAX_SIZE; only its symmetric part (g + g^T) / 2
+      is used.
 
   Returns:
     lambda: (..., k) ascending; q: (..., k, k) with the eigenvectors as columns.
   """
   if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
     raise ValueError(f"g must be (..., k, k), got shape {g.shape}")
+  if g.shape[-1] > MAX_SIZE:
+    raise ValueError(f"g must be at most {MAX_SIZE} x {MAX_SIZE}, got {g.shape[-1]} x {g.shape[-1]}")
   if jnp.dtype(g.dtype) not in _TARGETS:
     raise TypeError(f"g must be float32 or float64, got {g.dtype}")
   call = jax.ffi.ffi_call(

@@ -124,6 +124,8 @@ def test_bad_input_is_rejected_before_tracing():
     batched_eigh.eigh(jnp.zeros((3, 4, 5)))
   with pytest.raises(ValueError, match="g must be"):
     batched_eigh.eigh(jnp.zeros((4,)))
+  with pytest.raises(ValueError, match="at most 8192"):
+    batched_eigh.eigh(jax.ShapeDtypeStruct((8193, 8193), jnp.float32))
   with pytest.raises(TypeError, match="float32 or float64"):
     batched_eigh.eigh(jnp.zeros((2, 4, 4), jnp.int32))
 
