@@ -1,4 +1,4 @@
-"""The CPU eigensolver of `spectral.eigh`: batched Jacobi in C++, called through the XLA FFI.
+"""The CPU eigensolver of `spectral.eigh`: batched Householder + QL in C++, through the XLA FFI.
 
 The kernel (batched_eigh.cc, built by `pip install`, see setup.py) decomposes a batch of
 small symmetric matrices with the batch vectorised across SIMD lanes, and splits the
@@ -44,7 +44,8 @@ def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
     raise ValueError(f"g must be (..., k, k), got shape {g.shape}")
   if g.shape[-1] > MAX_SIZE:
-    raise ValueError(f"g must be at most {MAX_SIZE} x {MAX_SIZE}, got {g.shape[-1]} x {g.shape[-1]}")
+    k = g.shape[-1]
+    raise ValueError(f"g must be at most {MAX_SIZE} x {MAX_SIZE}, got {k} x {k}")
   if jnp.dtype(g.dtype) not in _TARGETS:
     raise TypeError(f"g must be float32 or float64, got {g.dtype}")
   call = jax.ffi.ffi_call(

@@ -13,9 +13,9 @@ possibly negative rounding-level eigenvalues are needed and 1/sigma never appear
 Why the Gram route: the eigendecomposition of the 32 x 32 Gram matrix of a
 32 x 96 CIFAR matrix costs a fraction of the corresponding SVD (about a third
 with LAPACK one matrix at a time; `eigh` now batches it), and the two matrix
-products around it are cheap. The price is precision: eigenvalues of G carry absolute errors of
-about eps * sigma_max^2, so singular values below about sqrt(eps) * sigma_max
-(3e-4 sigma_max in float32) are not resolved. All filters used here map those
+products around it are cheap. The price is precision: eigenvalues of G carry
+absolute errors of about eps * sigma_max^2, so singular values below about
+sqrt(eps) * sigma_max (3e-4 sigma_max in float32) are not resolved. All filters used here map those
 directions to (almost) the same scale, so the effect on the output is at that
 level; run under `jax_enable_x64` where more is needed.
 
@@ -57,7 +57,8 @@ def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Ascending eigenvalues and eigenvectors of symmetric (..., k, k) matrices.
 
   On CPU the whole batch goes to `batched_eigh`, a C++ kernel that vectorises the batch
-  across SIMD lanes (5-6x faster than LAPACK for 32 x 32 matrices, docs/benchmarks.md).
+  across SIMD lanes (2.5-3x LAPACK one matrix at a time on CIFAR-10's 32 x 32 Gram
+  matrices, docs/benchmarks.md).
   Not jaxlib's batched LAPACK kernel (0.10.2): it splits a batch over XLA's intra-op
   thread pool and blocks the calling thread until the pieces are done, and when XLA runs
   two such kernels concurrently on pool threads (independent loops in one program, or one

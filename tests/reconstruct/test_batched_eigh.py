@@ -136,7 +136,8 @@ def test_the_version_in_use_is_reported():
   assert batched_eigh.isa() in expected
 
 
-@pytest.mark.skipif(os.environ.get("MENET_JAX_EIGH_ISA") == "baseline", reason="already the baseline")
+@pytest.mark.skipif(os.environ.get("MENET_JAX_EIGH_ISA") == "baseline",
+                    reason="already the baseline")
 def test_the_baseline_build_passes_these_tests():
   # The AVX2 + FMA version serves the CPUs this suite runs on; this file again, in a child
   # process on the baseline version (no FMA: where the QL iteration once failed to end).
