@@ -63,9 +63,9 @@ def _measure(fn, ref, x32, mask_j, x64, mask, *, batch_size, rounds, ref_seconds
   """Alternates full passes of the batched code with chunks of the reference.
 
   Both then see the same load on this shared machine. Each timed pass follows one untimed
-  batch: right after a chunk of the numpy reference, the first call ran up to 30 % slower
-  (USVT, 2026-12-07), a transient that a pass over a dataset does not have. Returns the
-  batched outputs,
+  batch: right after a chunk of the numpy reference, USVT's passes ran up to 30 % below its
+  back-to-back rate (2026-12-07; the untimed batch recovers part of it, docs/benchmarks.md).
+  Returns the batched outputs,
   its images/s (median pass), the compile seconds, the reference outputs, and the
   reference's images/s (median per-image time).
   """
